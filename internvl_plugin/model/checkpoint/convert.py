@@ -1,0 +1,65 @@
+"""A training checkpoint + its config -> an official (or -hf) InternVL checkpoint folder."""
+from typing import Any, Dict, Optional
+
+import torch
+
+from .export import DEFAULT_MAX_SHARD_BYTES, save_hf, save_official
+from .trained import apply_trained_state, load_trained_state
+
+FORMATS = ('official', 'hf')
+# Dataset settings of the training config that the exported config.json must carry.
+_DATASET_TO_CONFIG = {'template': 'template', 'min_dynamic_patch': 'min_dynamic_patch',
+                      'max_dynamic_patch': 'max_dynamic_patch', 'use_thumbnail': 'use_thumbnail',
+                      'image_size': 'force_image_size', 'dynamic_image_size': 'dynamic_image_size'}
+
+
+def _plain(value: Any) -> Any:
+    """ConfigDict / lazy config values -> plain Python containers."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def training_settings(cfg: Any) -> Dict[str, Any]:
+    """Template and tiling settings of the training dataset, in config.json names."""
+    dataset = cfg.get('train_dataloader', {}).get('dataset', {}) if hasattr(cfg, 'get') else {}
+    return {dst: _plain(dataset[src]) for src, dst in _DATASET_TO_CONFIG.items() if dataset.get(src) is not None}
+
+
+def build_model_for_export(cfg: Any, dtype: torch.dtype):
+    """The config's model, unquantised and without activation checkpointing, ready to take trained weights."""
+    from ..internvl import InternVL_V1_5
+    fields = _plain(dict(cfg.model))
+    model_type = fields.pop('type', InternVL_V1_5)
+    if model_type not in (InternVL_V1_5, 'InternVL_V1_5') and getattr(model_type, '__name__', '') != 'InternVL_V1_5':
+        raise ValueError(f'the config builds {model_type}; expected model=dict(type=InternVL_V1_5, ...)')
+    fields.update(quantization_llm=False, quantization_vit=False, use_activation_checkpointing=False,
+                  pretrained_pth=None, torch_dtype=dtype)
+    return InternVL_V1_5(**fields)
+
+
+def convert_checkpoint(config_path: str, checkpoint: str, save_dir: str, fmt: str = 'official',
+                       dtype: torch.dtype = torch.bfloat16, overwrite: bool = False,
+                       max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Dict[str, Any]:
+    """Builds the config's model, loads the trained state strictly, merges LoRA and writes `save_dir`.
+
+    Returns a summary: trained tensor count, remote-code files copied."""
+    from mmengine.config import Config
+    if fmt not in FORMATS:
+        raise ValueError(f"format '{fmt}' is not one of {FORMATS}")
+    cfg = Config.fromfile(config_path)
+    trained = load_trained_state(checkpoint)
+    model = build_model_for_export(cfg, dtype)
+    apply_trained_state(model, trained, f'{checkpoint} (loaded for {config_path})')
+    network = model.merged_network()
+    summary: Dict[str, Optional[Any]] = {'trained_tensors': len(trained), 'remote_code': []}
+    if fmt == 'official':
+        summary['remote_code'] = save_official(network, model.config, model.tokenizer, save_dir, dtype=dtype,
+                                               base_dir=model.model_path, config_overrides=training_settings(cfg),
+                                               overwrite=overwrite, max_shard_bytes=max_shard_bytes)
+    else:
+        save_hf(network, model.config, model.tokenizer, save_dir, dtype=dtype, base_dir=model.model_path,
+                overwrite=overwrite, max_shard_bytes=max_shard_bytes)
+    return summary

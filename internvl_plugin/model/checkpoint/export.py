@@ -1,0 +1,198 @@
+"""Writes a network as an official InternVL checkpoint folder or as transformers' native (-hf) layout.
+
+Everything goes into a temporary sibling folder that is renamed into place at the end, so a crash or a bad
+argument never leaves a half-written checkpoint, and an existing folder is only replaced when asked.
+"""
+import contextlib
+import copy
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Dict, Iterator, List, Optional
+
+import torch
+
+from ..modeling.internvl_chat import InternVLChatModel
+from ..modeling.llm import build_llm_config, llm_family
+from .key_maps import StateDict, network_to_hf, network_to_official
+from .load import language_shape
+
+DEFAULT_MAX_SHARD_BYTES = 5 * 1024 ** 3
+# Files beside the weights that the official toolchain reads, copied from the base checkpoint.
+_COPIED_SUFFIXES = ('.py',)
+_COPIED_FILES = ('generation_config.json', 'preprocessor_config.json')
+
+
+@contextlib.contextmanager
+def atomic_output_dir(save_dir: str, overwrite: bool = False, protected: Optional[List[str]] = None) -> Iterator[str]:
+    """Yields a temporary folder that replaces `save_dir` only when the block finishes without error."""
+    target = os.path.abspath(save_dir)
+    for path in protected or []:
+        if path and os.path.exists(target) and os.path.exists(path) and os.path.samefile(path, target):
+            raise ValueError(f'refusing to write into {save_dir}: it is the base model folder {path}')
+    if os.path.isfile(target):
+        raise FileExistsError(f'{save_dir} is a file; expected a folder to write the checkpoint into')
+    if os.path.isdir(target) and os.listdir(target) and not overwrite:
+        raise FileExistsError(f'{save_dir} exists and is not empty; pass --overwrite to replace it')
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(target)}.tmp-', dir=parent)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _make_readable(tmp)
+    old = None
+    if os.path.exists(target):
+        old = tempfile.mkdtemp(prefix=f'.{os.path.basename(target)}.old-', dir=parent)
+        os.rename(target, os.path.join(old, 'replaced'))
+    os.rename(tmp, target)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _make_readable(folder: str) -> None:
+    """mkdtemp creates 0700; give the result the modes a plain mkdir/open would have."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+
+
+def write_safetensors(state_dict: StateDict, folder: str, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> List[str]:
+    """model.safetensors, or model-0000k-of-0000n.safetensors + model.safetensors.index.json past `max_shard_bytes`."""
+    from safetensors.torch import save_file
+    shards: List[Dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().contiguous()
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor.clone()  # tied or viewed tensors must not share storage in safetensors
+        size += nbytes
+    if len(shards) == 1:
+        names = ['model.safetensors']
+    else:
+        names = [f'model-{i + 1:05d}-of-{len(shards):05d}.safetensors' for i in range(len(shards))]
+        total = sum(t.numel() * t.element_size() for t in state_dict.values())
+        index = {'metadata': {'total_size': total},
+                 'weight_map': {key: name for name, shard in zip(names, shards) for key in shard}}
+        write_json(os.path.join(folder, 'model.safetensors.index.json'), index)
+    for name, shard in zip(names, shards):
+        save_file(shard, os.path.join(folder, name), metadata={'format': 'pt'})
+    return names
+
+
+def write_json(path: str, data: Dict[str, Any]) -> None:
+    with open(path, 'w', encoding='utf-8') as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write('\n')
+
+
+def copy_remote_code(base_dir: Optional[str], folder: str) -> List[str]:
+    """Copies the base checkpoint's remote-code files (and generation/preprocessor configs); returns their names."""
+    if not base_dir or not os.path.isdir(base_dir):
+        return []
+    copied = []
+    for name in sorted(os.listdir(base_dir)):
+        if name.endswith(_COPIED_SUFFIXES) or name in _COPIED_FILES:
+            shutil.copy2(os.path.join(base_dir, name), os.path.join(folder, name))
+            copied.append(name)
+    return copied
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace('torch.', '')
+
+
+def official_config(base_config: Dict[str, Any], network: InternVLChatModel, dtype: torch.dtype,
+                    overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The base config.json with LoRA flags reset, the trained vocabulary size, and training-time settings."""
+    config = copy.deepcopy(base_config)
+    config.update(overrides or {})
+    config['use_llm_lora'] = 0
+    config['use_backbone_lora'] = 0
+    config['torch_dtype'] = _dtype_name(dtype)
+    config['llm_config']['vocab_size'] = network.language_model.get_input_embeddings().weight.shape[0]
+    config['llm_config']['torch_dtype'] = _dtype_name(dtype)
+    return config
+
+
+def save_official(network: InternVLChatModel, base_config: Dict[str, Any], tokenizer: Any, save_dir: str,
+                  dtype: torch.dtype = torch.bfloat16, base_dir: Optional[str] = None,
+                  config_overrides: Optional[Dict[str, Any]] = None, overwrite: bool = False,
+                  max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> List[str]:
+    """The official layout: safetensors (+ index), config.json, tokenizer, and the base folder's remote code.
+
+    Returns the names of the copied remote-code files (empty when the base folder has none)."""
+    config = official_config(base_config, network, dtype, config_overrides)
+    family = llm_family(config['llm_config'])
+    weights = {k: v.to(dtype) for k, v in network.state_dict().items()}
+    weights = network_to_official(weights, family, *language_shape(config['llm_config']))
+    with atomic_output_dir(save_dir, overwrite, protected=[base_dir]) as tmp:
+        write_safetensors(weights, tmp, max_shard_bytes)
+        write_json(os.path.join(tmp, 'config.json'), config)
+        tokenizer.save_pretrained(tmp)
+        return copy_remote_code(base_dir, tmp)
+
+
+def hf_config(base_config: Dict[str, Any], network: InternVLChatModel, dtype: torch.dtype) -> Dict[str, Any]:
+    """transformers' native InternVL config (`model_type: internvl`) for the same network."""
+    if network.ps_version != 'v2' or network.select_layer != -1:
+        raise ValueError(f'the native (-hf) layout supports ps_version v2 and select_layer -1, this model has '
+                         f'ps_version {network.ps_version} and select_layer {network.select_layer}; use --format official')
+    vision = base_config['vision_config']
+    text = build_llm_config(base_config['llm_config']).to_dict()
+    text['vocab_size'] = network.language_model.get_input_embeddings().weight.shape[0]
+    text['torch_dtype'] = _dtype_name(dtype)
+    vit = network.vision_model.config
+    return {
+        'architectures': ['InternVLForConditionalGeneration'],
+        'model_type': 'internvl',
+        'vision_config': {
+            'model_type': 'internvl_vision',
+            'hidden_size': vit.hidden_size,
+            'num_hidden_layers': vit.num_hidden_layers,
+            'num_attention_heads': vit.num_attention_heads,
+            'intermediate_size': vit.intermediate_size,
+            'attention_bias': vit.qkv_bias,
+            'use_qk_norm': vit.qk_normalization,
+            'norm_type': vit.norm_type,
+            'layer_norm_eps': vit.layer_norm_eps,
+            'image_size': [vit.image_size, vit.image_size],
+            'patch_size': [vit.patch_size, vit.patch_size],
+            'layer_scale_init_value': vision.get('initializer_factor', 1.0),
+            'use_mean_pooling': True,
+            'hidden_act': vit.hidden_act,
+            'attention_dropout': 0.0,
+            'hidden_dropout_prob': 0.0,
+            'projection_dropout': 0.0,
+        },
+        'text_config': text,
+        'image_token_id': network.img_context_token_id,
+        'image_seq_length': network.tokens_per_tile,
+        'downsample_ratio': network.downsample_ratio,
+        'projector_hidden_act': 'gelu',
+        'vision_feature_layer': -1,
+        'vision_feature_select_strategy': 'default',
+        'torch_dtype': _dtype_name(dtype),
+        'tie_word_embeddings': bool(text.get('tie_word_embeddings', False)),
+    }
+
+
+def save_hf(network: InternVLChatModel, base_config: Dict[str, Any], tokenizer: Any, save_dir: str,
+            dtype: torch.dtype = torch.bfloat16, base_dir: Optional[str] = None, overwrite: bool = False,
+            max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+    """transformers' native InternVL layout, loadable by AutoModelForImageTextToText (transformers >= 4.52)."""
+    config = hf_config(base_config, network, dtype)
+    weights = network_to_hf({k: v.to(dtype) for k, v in network.state_dict().items()})
+    with atomic_output_dir(save_dir, overwrite, protected=[base_dir]) as tmp:
+        write_safetensors(weights, tmp, max_shard_bytes)
+        write_json(os.path.join(tmp, 'config.json'), config)
+        tokenizer.save_pretrained(tmp)

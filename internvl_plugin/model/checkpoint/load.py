@@ -1,0 +1,201 @@
+"""Official InternVL checkpoint folders (or hub ids) -> config dict, weights, tokenizer, network."""
+import json
+import os
+import re
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..modeling.intern_vit import InternVisionConfig, InternVisionModel
+from ..modeling.internvl_chat import InternVLChatModel, build_mlp1
+from ..modeling.llm import build_llm_config, dtype_kwargs, llm_family
+from .key_maps import StateDict, official_to_network
+
+IMG_CONTEXT_TOKEN = '<IMG_CONTEXT>'
+_REPO_ID = re.compile(r'^[A-Za-z0-9][\w.-]*/[\w.-]+$')
+_WEIGHT_INDEXES = ('model.safetensors.index.json', 'pytorch_model.bin.index.json')
+_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
+_TOP_MODULES = ('vision_model.', 'mlp1.', 'language_model.')
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local folder as is; a hub repo id (`OpenGVLab/InternVL2_5-8B`) through huggingface_hub's cache/download."""
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    if os.path.exists(name_or_path):
+        raise NotADirectoryError(f"model_path '{name_or_path}' is a file; expected a checkpoint folder")
+    if not _REPO_ID.match(name_or_path):
+        raise FileNotFoundError(f"model_path '{name_or_path}' does not exist")
+    from huggingface_hub import snapshot_download
+    try:
+        return snapshot_download(name_or_path, local_files_only=True)
+    except Exception:  # not cached (yet): try the hub itself below
+        pass
+    try:
+        return snapshot_download(name_or_path)
+    except Exception as error:
+        raise FileNotFoundError(
+            f"model_path '{name_or_path}' is neither a local folder nor in the Hugging Face cache, and downloading it "
+            f'failed ({type(error).__name__}); download it where the hub is reachable or pass a local folder') from None
+
+
+def read_json(path: str) -> Dict[str, Any]:
+    try:
+        with open(path, encoding='utf-8') as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f'{path} does not exist') from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f'{path}:{error.lineno}: invalid JSON ({error.msg})') from None
+
+
+def read_internvl_config(folder: str) -> Dict[str, Any]:
+    """The checkpoint's config.json, checked to be an official InternVL (`internvl_chat`) config."""
+    path = os.path.join(folder, 'config.json')
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{folder} has no config.json; expected an InternVL checkpoint folder')
+    config = read_json(path)
+    if config.get('model_type') != 'internvl_chat':
+        raise ValueError(f"{path}: model_type is '{config.get('model_type')}', expected 'internvl_chat' "
+                         '(an official InternVL checkpoint)')
+    for key in ('vision_config', 'llm_config'):
+        if not isinstance(config.get(key), dict):
+            raise ValueError(f'{path}: missing {key}; expected an official InternVL checkpoint config')
+    llm_family(config['llm_config'], source=f'{path}: llm_config')
+    return config
+
+
+def _load_weight_file(path: str) -> StateDict:
+    if path.endswith('.safetensors'):
+        from safetensors.torch import load_file
+        return load_file(path)
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def load_weights(folder: str) -> StateDict:
+    """All tensors of a checkpoint folder: safetensors or .bin, one file or index + shards."""
+    for index_name in _WEIGHT_INDEXES:
+        index_path = os.path.join(folder, index_name)
+        if os.path.isfile(index_path):
+            shards = sorted(set(read_json(index_path)['weight_map'].values()))
+            weights: StateDict = {}
+            for shard in shards:
+                weights.update(_load_weight_file(os.path.join(folder, shard)))
+            return weights
+    for name in _WEIGHT_FILES:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            return _load_weight_file(path)
+    raise FileNotFoundError(f'{folder} has no weights; expected model.safetensors, pytorch_model.bin '
+                            'or a sharded index of either')
+
+
+def check_keys(source: str, expected: Iterable[str], found: Iterable[str], missing_label: str = 'missing keys') -> None:
+    """One error line naming the first missing and unexpected keys, when the two key sets differ."""
+    expected, found = set(expected), set(found)
+    raise_on_mismatch(source, sorted(expected - found), sorted(found - expected), missing_label)
+
+
+def raise_on_mismatch(source: str, missing: List[str], unexpected: List[str],
+                      missing_label: str = 'missing keys') -> None:
+    parts = []
+    if missing:
+        parts.append(f'{missing_label} {missing[:5]} ({len(missing)} in all)')
+    if unexpected:
+        parts.append(f'unexpected keys {unexpected[:5]} ({len(unexpected)} in all)')
+    if parts:
+        raise ValueError(f'{source}: ' + '; '.join(parts))
+
+
+def _load_module(module: nn.Module, weights: Optional[StateDict], source: str, dtype: torch.dtype) -> nn.Module:
+    if weights is None:
+        return module.to(dtype)
+    check_keys(source, set(module.state_dict()), set(weights))
+    module.load_state_dict(weights, strict=True, assign=True)
+    return module.to(dtype)
+
+
+def split_weights(weights: StateDict, prefix: str) -> StateDict:
+    return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+
+
+def build_vision_model(vision_config: Dict[str, Any], weights: Optional[StateDict], dtype: torch.dtype,
+                       source: str, drop_path_rate: Optional[float] = None) -> InternVisionModel:
+    config = InternVisionConfig.from_dict(vision_config)
+    if drop_path_rate is not None:
+        config.drop_path_rate = drop_path_rate
+    if weights is None:
+        model = InternVisionModel(config)
+        model.init_random_weights()
+        return model.to(dtype)
+    with torch.device('meta'):
+        model = InternVisionModel(config)
+    return _load_module(model, weights, source, dtype)
+
+
+def build_language_model(llm_config: Dict[str, Any], weights: Optional[StateDict], dtype: torch.dtype,
+                         source: str, attn_implementation: str = 'sdpa', quantization_config: Any = None) -> nn.Module:
+    """A transformers causal LM from the official `llm_config`; `weights` in network (Llama-for-InternLM2) names."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+    config = build_llm_config(llm_config, source=f'{source}: llm_config')
+    if weights is None:
+        return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, **dtype_kwargs(dtype))
+    if getattr(config, 'tie_word_embeddings', False):
+        weights = {k: v for k, v in weights.items() if k != 'lm_head.weight'}
+    # The concrete class: the Auto class insists on a path when given no name.
+    model_class = getattr(transformers, config.architectures[0])
+    model, info = model_class.from_pretrained(
+        None, config=config, state_dict=weights, attn_implementation=attn_implementation, **dtype_kwargs(dtype),
+        quantization_config=quantization_config, output_loading_info=True)
+    missing = [k for k in info['missing_keys'] if not (k == 'lm_head.weight' and config.tie_word_embeddings)]
+    raise_on_mismatch(source, sorted(missing), sorted(info['unexpected_keys']))
+    return model
+
+
+def language_shape(llm_config: Dict[str, Any]) -> Tuple[int, int]:
+    """(num_attention_heads, num_key_value_heads), what the InternLM2 key map needs."""
+    heads = llm_config['num_attention_heads']
+    return heads, llm_config.get('num_key_value_heads') or heads
+
+
+def img_context_token_id(tokenizer: Any, source: str) -> int:
+    token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise ValueError(f'{source}: the tokenizer has no {IMG_CONTEXT_TOKEN} token')
+    return token_id
+
+
+def build_network(config: Dict[str, Any], weights: Optional[StateDict], img_context_id: int, source: str,
+                  dtype: torch.dtype = torch.bfloat16, attn_implementation: str = 'sdpa',
+                  quantization_config: Any = None, drop_path_rate: Optional[float] = None) -> InternVLChatModel:
+    """The network from an official config dict and official-named weights (None: random initialisation)."""
+    family = llm_family(config['llm_config'])
+    network_weights = None
+    if weights is not None:
+        stray = sorted(k for k in weights if not k.startswith(_TOP_MODULES))
+        if stray:
+            raise ValueError(f'{source}: unexpected keys {stray[:5]} ({len(stray)} in all); expected only '
+                             'vision_model.*, mlp1.* and language_model.*')
+        network_weights = official_to_network(weights, family, *language_shape(config['llm_config']))
+    part = (lambda prefix: None) if network_weights is None else (lambda prefix: split_weights(network_weights, prefix))
+    vision = build_vision_model(config['vision_config'], part('vision_model.'), dtype, source, drop_path_rate)
+    language = build_language_model(config['llm_config'], part('language_model.'), dtype, source,
+                                    attn_implementation, quantization_config)
+    ratio = config.get('downsample_ratio', 0.5)
+    mlp1 = build_mlp1(vision.config.hidden_size, language.config.hidden_size, ratio)
+    if network_weights is None:
+        mlp1 = mlp1.to(dtype)
+    else:
+        mlp1 = _load_module(mlp1, part('mlp1.'), source, dtype)
+    return InternVLChatModel(vision, mlp1, language, img_context_id, select_layer=config.get('select_layer', -1),
+                             downsample_ratio=ratio, ps_version=config.get('ps_version', 'v2'))
+
+
+def load_tokenizer(folder: str) -> Any:
+    """The checkpoint's tokenizer; remote code only where the tokenizer class needs it (InternLM2's)."""
+    from transformers import AutoTokenizer
+    tokenizer_config = os.path.join(folder, 'tokenizer_config.json')
+    remote = os.path.isfile(tokenizer_config) and 'auto_map' in read_json(tokenizer_config)
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)

@@ -1,0 +1,52 @@
+"""Trained state saved during training (mmengine `iter_xxx.pth` files or DeepSpeed checkpoint folders)."""
+import glob
+import os
+from typing import Dict
+
+import torch
+from torch import nn
+
+from .key_maps import StateDict
+from .load import check_keys
+
+_DEEPSPEED_MODEL_STATES = 'mp_rank_00_model_states.pt'
+
+
+def _strip_wrapper_prefix(state_dict: StateDict) -> StateDict:
+    if state_dict and all(k.startswith('module.') for k in state_dict):
+        return {k[len('module.'):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def load_trained_state(path: str) -> StateDict:
+    """The trained tensors of a checkpoint: an mmengine .pth file or a DeepSpeed folder (ZeRO-1/2/3)."""
+    if os.path.isdir(path):
+        found = sorted(glob.glob(os.path.join(path, '**', _DEEPSPEED_MODEL_STATES), recursive=True))
+        if not found:
+            raise FileNotFoundError(f'{path} is a folder without {_DEEPSPEED_MODEL_STATES}; expected an mmengine '
+                                    'iter_xxx.pth file or a DeepSpeed checkpoint folder')
+        module = torch.load(found[0], map_location='cpu', weights_only=False)['module']
+        if any(t.numel() == 0 for t in module.values()):  # ZeRO-3: the parameters live in the partition files
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+            module = get_fp32_state_dict_from_zero_checkpoint(os.path.dirname(found[0]), tag='')
+        return _strip_wrapper_prefix(dict(module))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint {path} does not exist')
+    # mmengine checkpoints pickle training state (message hub, history buffers) beside the weights.
+    checkpoint = torch.load(path, map_location='cpu', weights_only=False)
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f'{path}: expected a checkpoint dict, found {type(checkpoint).__name__}')
+    state = checkpoint.get('state_dict', checkpoint.get('module', checkpoint))
+    return _strip_wrapper_prefix({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
+
+
+def apply_trained_state(model: nn.Module, trained: StateDict, source: str) -> None:
+    """Loads `trained` into `model`, whose `state_dict()` lists exactly the keys that train. Any missing or
+    unexpected key, or a shape that differs, is an error: a checkpoint from another config is never half-loaded."""
+    expected: Dict[str, torch.Tensor] = model.state_dict()
+    check_keys(source, expected, trained, missing_label='missing trained keys')
+    for key, tensor in trained.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise ValueError(f'{source}: {key} has shape {tuple(tensor.shape)}, the model built by the config has '
+                             f'{tuple(expected[key].shape)}')
+    model.load_state_dict(trained, strict=False)

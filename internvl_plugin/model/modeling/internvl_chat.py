@@ -1,0 +1,130 @@
+"""Vision encoder + pixel shuffle + `mlp1` + language model: the InternVL network.
+
+Attribute names (`vision_model`, `mlp1`, `language_model`) are the official ones, so for Qwen2, Llama and
+Phi3 the official state-dict keys are this module's keys; InternLM2 goes through the key map.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .intern_vit import InternVisionModel
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IGNORE_INDEX = -100
+
+
+def pixel_shuffle(x: torch.Tensor, ratio: float, ps_version: str = 'v2') -> torch.Tensor:
+    """Space-to-depth on a (N, W, H, C) grid: (N, W*r, H*r, C/r^2) for r = `ratio` (0.5 -> 4x channels).
+
+    'v2' (InternVL2 onwards) transposes the grid back afterwards; 'v1' (InternVL-Chat-V1-2) leaves it transposed.
+    """
+    n, w, h, c = x.shape
+    scale = int(round(1 / ratio))
+    if w % scale or h % scale:
+        raise ValueError(f'a {w}x{h} patch grid cannot be pixel-shuffled with downsample_ratio {ratio}')
+    x = x.reshape(n, w, h // scale, c * scale).transpose(1, 2)
+    x = x.reshape(n, h // scale, w // scale, c * scale * scale)
+    if ps_version == 'v1':
+        return x
+    if ps_version != 'v2':
+        raise ValueError(f"ps_version is '{ps_version}', expected 'v1' or 'v2'")
+    return x.transpose(1, 2)
+
+
+def build_mlp1(vit_hidden: int, llm_hidden: int, downsample_ratio: float) -> nn.Sequential:
+    """LayerNorm -> Linear -> GELU -> Linear; state-dict keys mlp1.0, mlp1.1, mlp1.3 as in official checkpoints."""
+    width = vit_hidden * int(round(1 / downsample_ratio)) ** 2
+    return nn.Sequential(nn.LayerNorm(width), nn.Linear(width, llm_hidden), nn.GELU(), nn.Linear(llm_hidden, llm_hidden))
+
+
+class InternVLChatModel(nn.Module):
+
+    def __init__(self, vision_model: InternVisionModel, mlp1: nn.Sequential, language_model: nn.Module,
+                 img_context_token_id: int, select_layer: int = -1, downsample_ratio: float = 0.5,
+                 ps_version: str = 'v2'):
+        super().__init__()
+        self.vision_model = vision_model
+        self.mlp1 = mlp1
+        self.language_model = language_model
+        self.img_context_token_id = img_context_token_id
+        self.select_layer = select_layer
+        self.downsample_ratio = downsample_ratio
+        self.ps_version = ps_version
+        self.register_buffer('pixel_mean', torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer('pixel_std', torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def tokens_per_tile(self) -> int:
+        grid = self.vision_model.config.image_size // self.vision_model.config.patch_size
+        return int(grid * grid * self.downsample_ratio ** 2)
+
+    def normalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """uint8 tiles (0..255) are normalised here, on the model's device; float tiles arrive normalised."""
+        if pixel_values.dtype != torch.uint8:
+            return pixel_values
+        return (pixel_values.float() / 255.0 - self.pixel_mean) / self.pixel_std
+
+    def extract_feature(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(tiles, 3, S, S) -> (tiles, tokens_per_tile, llm_hidden)."""
+        hidden = self.vision_model(self.normalize(pixel_values), select_layer=self.select_layer)[:, 1:, :]
+        side = int(hidden.shape[1] ** 0.5)
+        hidden = hidden.reshape(hidden.shape[0], side, side, -1)
+        hidden = pixel_shuffle(hidden, self.downsample_ratio, self.ps_version)
+        hidden = hidden.reshape(hidden.shape[0], -1, hidden.shape[-1])
+        return self.mlp1(hidden)
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: Optional[torch.Tensor] = None,
+              image_flags: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Token embeddings with each real tile's visual tokens written into the <IMG_CONTEXT> positions."""
+        embeds = self.language_model.get_input_embeddings()(input_ids)
+        context = input_ids == self.img_context_token_id
+        n_context = int(context.sum())
+        if pixel_values is None or pixel_values.shape[0] == 0:
+            if n_context:
+                raise ValueError(f'the batch has {n_context} <IMG_CONTEXT> tokens but no pixel_values')
+            return embeds
+        features = self.extract_feature(pixel_values)
+        if image_flags is not None:
+            real = image_flags.reshape(-1).bool()
+            # Dummy tiles (flag 0, text-only samples) still touch the graph so every rank has gradients for mlp1.
+            anchor = features[~real].sum() * 0.0
+            features = features[real]
+        else:
+            anchor = features.sum() * 0.0 if features.shape[0] == 0 else 0.0
+        features = features.reshape(-1, features.shape[-1])
+        if features.shape[0] != n_context:
+            raise ValueError(
+                f'the batch has {n_context} <IMG_CONTEXT> tokens but its {features.shape[0] // self.tokens_per_tile} '
+                f'real tiles give {features.shape[0]} visual tokens ({self.tokens_per_tile} per tile)')
+        embeds = embeds.masked_scatter(context.unsqueeze(-1), features.to(embeds.dtype))
+        return embeds + anchor
+
+    def forward(self, input_ids: torch.Tensor, pixel_values: Optional[torch.Tensor] = None,
+                image_flags: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
+                position_ids: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None):
+        """Returns (logits, loss); loss is the token-mean cross-entropy over labels != -100 (None without labels)."""
+        embeds = self.embed(input_ids, pixel_values, image_flags)
+        out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                  use_cache=False)
+        logits = out.logits
+        if labels is None:
+            return logits, None
+        shift_logits = logits[:, :-1, :].float()
+        shift_labels = labels[:, 1:].to(logits.device)
+        loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                               ignore_index=IGNORE_INDEX, reduction='sum')
+        n_supervised = (shift_labels != IGNORE_INDEX).sum()
+        # A batch without supervised tokens yields 0 (with a graph), not NaN.
+        return logits, loss / n_supervised.clamp(min=1)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, pixel_values: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, **generate_kwargs) -> torch.Tensor:
+        """New token ids only (the prompt is not repeated)."""
+        embeds = self.embed(input_ids, pixel_values)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)

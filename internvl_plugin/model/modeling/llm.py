@@ -1,0 +1,70 @@
+"""The language model: built by transformers from the checkpoint's `llm_config`, never with remote code.
+
+InternLM2 has no class in transformers; its architecture is Llama's with fused projections, so it is
+built as Llama and its weights are translated by the key maps in `checkpoint/key_maps.py`.
+"""
+from typing import Any, Dict
+
+import torch
+import transformers
+from packaging.version import Version
+from transformers import LlamaConfig, Phi3Config, PretrainedConfig, Qwen2Config
+
+# The families InternVL ships, by the `architectures` entry of `llm_config`.
+LLM_FAMILIES = {
+    'Qwen2ForCausalLM': 'qwen2',
+    'InternLM2ForCausalLM': 'internlm2',
+    'Phi3ForCausalLM': 'phi3',
+    'LlamaForCausalLM': 'llama',
+}
+_NATIVE_CONFIGS = {'qwen2': Qwen2Config, 'phi3': Phi3Config, 'llama': LlamaConfig}
+
+# InternLM2 config field -> Llama config field, where the names differ.
+_INTERNLM2_TO_LLAMA_FIELDS = {'bias': 'attention_bias'}
+_INTERNLM2_ONLY_FIELDS = {'architectures', 'auto_map', 'model_type', 'attn_implementation', '_name_or_path',
+                          'transformers_version', 'torch_dtype', 'bias'}
+
+
+def llm_family(llm_config: Dict[str, Any], source: str = 'llm_config') -> str:
+    """The family name ('qwen2', 'internlm2', 'phi3', 'llama') of an `llm_config` dict."""
+    archs = llm_config.get('architectures') or []
+    for arch in archs:
+        if arch in LLM_FAMILIES:
+            return LLM_FAMILIES[arch]
+    raise ValueError(f'{source}: architectures {archs} is not supported; expected one of {sorted(LLM_FAMILIES)}')
+
+
+def _rope_scaling(rope_scaling: Any) -> Any:
+    if not isinstance(rope_scaling, dict):
+        return rope_scaling
+    scaling = dict(rope_scaling)
+    kind = scaling.get('rope_type', scaling.get('type'))
+    if kind == 'su':  # Phi-3's original name for what transformers calls longrope
+        kind = 'longrope'
+    scaling['type'] = scaling['rope_type'] = kind
+    return scaling
+
+
+def build_llm_config(llm_config: Dict[str, Any], source: str = 'llm_config') -> PretrainedConfig:
+    """The transformers config that builds this LLM (InternLM2 as Llama)."""
+    family = llm_family(llm_config, source)
+    fields = {k: v for k, v in llm_config.items() if k not in ('architectures', 'auto_map', '_name_or_path')}
+    fields['rope_scaling'] = _rope_scaling(fields.get('rope_scaling'))
+    if family == 'internlm2':
+        llama_fields = {k: v for k, v in fields.items() if k not in _INTERNLM2_ONLY_FIELDS}
+        for old, new in _INTERNLM2_TO_LLAMA_FIELDS.items():
+            if old in fields:
+                llama_fields[new] = fields[old]
+        llama_fields['mlp_bias'] = False
+        config = LlamaConfig(**llama_fields)
+    else:
+        fields.pop('model_type', None)
+        config = _NATIVE_CONFIGS[family](**fields)
+    config.architectures = [{'internlm2': 'LlamaForCausalLM'}.get(family, llm_config['architectures'][0])]
+    return config
+
+
+def dtype_kwargs(dtype: torch.dtype) -> Dict[str, torch.dtype]:
+    """transformers renamed `torch_dtype` to `dtype` in 4.56 and warns on the old name."""
+    name = 'dtype' if Version(transformers.__version__) >= Version('4.56') else 'torch_dtype'
+    return {name: dtype}

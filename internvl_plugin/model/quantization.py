@@ -1,0 +1,30 @@
+"""4-bit (QLoRA) settings: nf4, double quantisation, bf16 compute."""
+import torch
+from torch import nn
+
+
+def bnb_4bit_config():
+    """The transformers quantisation config for the LLM: nf4 + double quantisation, bf16 compute."""
+    from transformers import BitsAndBytesConfig
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4', bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def quantize_linears_4bit(module: nn.Module) -> nn.Module:
+    """Swaps every nn.Linear of `module` (the vision encoder) for a bitsandbytes nf4 Linear4bit.
+
+    The weights are quantised when the module is next moved to a device (bitsandbytes' convention)."""
+    import bitsandbytes as bnb
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.Linear):
+            quantized = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                          compute_dtype=torch.bfloat16, compress_statistics=True, quant_type='nf4',
+                                          device='meta')
+            quantized.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, compress_statistics=True,
+                                                 quant_type='nf4')
+            if child.bias is not None:
+                quantized.bias = nn.Parameter(child.bias.data, requires_grad=False)
+            setattr(module, name, quantized)
+        else:
+            quantize_linears_4bit(child)
+    return module

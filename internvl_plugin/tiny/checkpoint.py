@@ -1,0 +1,89 @@
+"""Random tiny InternVL checkpoints with exactly the official layout, for tests and the offline demo.
+
+The same loading code runs on these and on the released models: only the sizes differ.
+"""
+from typing import Any, Dict, Optional
+
+import torch
+
+from ..model.checkpoint.export import save_official
+from ..model.checkpoint.load import build_network, img_context_token_id
+from .tokenizer import build_tiny_tokenizer
+
+# Chat template each family's released InternVL models use (config.json `template`).
+FAMILY_TEMPLATES = {'qwen2': 'internvl2_5', 'internlm2': 'internlm2-chat', 'phi3': 'phi3-chat', 'llama': 'Hermes-2'}
+VIT_STYLES = ('300m', '6b')
+
+_OFFICIAL_AUTO_MAP = {
+    'AutoConfig': 'configuration_internvl_chat.InternVLChatConfig',
+    'AutoModel': 'modeling_internvl_chat.InternVLChatModel',
+    'AutoModelForCausalLM': 'modeling_internvl_chat.InternVLChatModel',
+}
+
+
+def tiny_vision_config(style: str, hidden_size: int = 64, layers: int = 2) -> Dict[str, Any]:
+    if style not in VIT_STYLES:
+        raise ValueError(f"vit style '{style}' is not one of {VIT_STYLES}")
+    six_b = style == '6b'
+    return {
+        'architectures': ['InternVisionModel'], 'model_type': 'intern_vit_6b',
+        'hidden_size': hidden_size, 'num_hidden_layers': layers, 'num_attention_heads': 4,
+        'intermediate_size': 2 * hidden_size, 'image_size': 448, 'patch_size': 14, 'num_channels': 3,
+        'qkv_bias': not six_b, 'qk_normalization': six_b, 'norm_type': 'rms_norm' if six_b else 'layer_norm',
+        'layer_norm_eps': 1e-6, 'initializer_factor': 0.1 if six_b else 1.0, 'initializer_range': 0.02,
+        'drop_path_rate': 0.0, 'attention_dropout': 0.0, 'dropout': 0.0, 'hidden_act': 'gelu', 'use_flash_attn': False,
+    }
+
+
+def tiny_llm_config(family: str, tokenizer: Any, hidden_size: int = 64, layers: int = 2) -> Dict[str, Any]:
+    vocab = (len(tokenizer) + 7) // 8 * 8
+    common = {
+        'hidden_size': hidden_size, 'intermediate_size': 2 * hidden_size, 'num_hidden_layers': layers,
+        'num_attention_heads': 4, 'num_key_value_heads': 2, 'max_position_embeddings': 8192, 'vocab_size': vocab,
+        'hidden_act': 'silu', 'initializer_range': 0.02, 'tie_word_embeddings': False, 'torch_dtype': 'bfloat16',
+        'bos_token_id': tokenizer.bos_token_id, 'eos_token_id': tokenizer.eos_token_id,
+        'pad_token_id': tokenizer.pad_token_id,
+    }
+    if family == 'qwen2':
+        return {'architectures': ['Qwen2ForCausalLM'], 'model_type': 'qwen2', **common, 'rms_norm_eps': 1e-6,
+                'rope_theta': 1000000.0, 'use_sliding_window': False, 'sliding_window': 4096, 'attention_dropout': 0.0}
+    if family == 'internlm2':
+        return {'architectures': ['InternLM2ForCausalLM'], 'model_type': 'internlm2',
+                'auto_map': {'AutoConfig': 'configuration_internlm2.InternLM2Config',
+                             'AutoModelForCausalLM': 'modeling_internlm2.InternLM2ForCausalLM'},
+                **common, 'rms_norm_eps': 1e-5, 'rope_theta': 1000000, 'bias': False,
+                'rope_scaling': {'type': 'dynamic', 'factor': 2.0}, 'attn_implementation': 'eager'}
+    if family == 'phi3':
+        return {'architectures': ['Phi3ForCausalLM'], 'model_type': 'phi3', **common, 'num_key_value_heads': 4,
+                'rms_norm_eps': 1e-5, 'rope_theta': 10000.0, 'rope_scaling': None, 'sliding_window': 2047,
+                'original_max_position_embeddings': 8192, 'attention_dropout': 0.0, 'resid_pdrop': 0.0,
+                'embd_pdrop': 0.0}
+    if family == 'llama':
+        return {'architectures': ['LlamaForCausalLM'], 'model_type': 'llama', **common, 'rms_norm_eps': 1e-5,
+                'rope_theta': 5000000.0, 'attention_bias': False, 'mlp_bias': False}
+    raise ValueError(f"llm family '{family}' is not one of {sorted(FAMILY_TEMPLATES)}")
+
+
+def tiny_internvl_config(family: str, vit: str, tokenizer: Any) -> Dict[str, Any]:
+    """An official-format config.json (model_type internvl_chat) for a tiny model."""
+    return {
+        'architectures': ['InternVLChatModel'], 'auto_map': dict(_OFFICIAL_AUTO_MAP), 'model_type': 'internvl_chat',
+        'vision_config': tiny_vision_config(vit), 'llm_config': tiny_llm_config(family, tokenizer),
+        'template': FAMILY_TEMPLATES[family], 'select_layer': -1, 'downsample_ratio': 0.5, 'ps_version': 'v2',
+        'force_image_size': 448, 'dynamic_image_size': True, 'use_thumbnail': True, 'min_dynamic_patch': 1,
+        'max_dynamic_patch': 12, 'use_backbone_lora': 0, 'use_llm_lora': 0, 'pad2square': False,
+        'tie_word_embeddings': False, 'torch_dtype': 'bfloat16',
+    }
+
+
+def build_tiny_checkpoint(out_dir: str, llm: str = 'qwen2', vit: str = '300m', seed: int = 0,
+                          dtype: torch.dtype = torch.float32, max_shard_bytes: Optional[int] = None,
+                          overwrite: bool = False) -> Dict[str, Any]:
+    """Writes a random tiny official-layout checkpoint to `out_dir`; returns its config dict."""
+    tokenizer = build_tiny_tokenizer(llm)
+    config = tiny_internvl_config(llm, vit, tokenizer)
+    torch.manual_seed(seed)
+    network = build_network(config, None, img_context_token_id(tokenizer, out_dir), out_dir, dtype=dtype)
+    kwargs = {} if max_shard_bytes is None else {'max_shard_bytes': max_shard_bytes}
+    save_official(network, config, tokenizer, out_dir, dtype=dtype, overwrite=overwrite, **kwargs)
+    return config

@@ -1,0 +1,54 @@
+"""Tiny byte-level BPE tokenizers built offline, with each family's chat tokens and InternVL's special tokens."""
+from typing import Dict, List
+
+INTERNVL_TOKENS = ['<img>', '</img>', '<IMG_CONTEXT>', '<quad>', '</quad>', '<ref>', '</ref>', '<box>', '</box>']
+
+# Per family: special tokens in id order, the BOS token the tokenizer prepends (None: none), eos and pad.
+FAMILY_TOKENS: Dict[str, Dict] = {
+    'qwen2': {'special': ['<|endoftext|>', '<|im_start|>', '<|im_end|>'],
+              'bos': None, 'eos': '<|im_end|>', 'pad': '<|endoftext|>'},
+    'internlm2': {'special': ['<unk>', '<s>', '</s>', '<|im_start|>', '<|im_end|>'],
+                  'bos': '<s>', 'eos': '</s>', 'pad': '</s>'},
+    'phi3': {'special': ['<unk>', '<s>', '</s>', '<|endoftext|>', '<|system|>', '<|user|>', '<|assistant|>', '<|end|>'],
+             'bos': '<s>', 'eos': '<|endoftext|>', 'pad': '<|endoftext|>'},
+    'llama': {'special': ['<unk>', '<|startoftext|>', '<|endoftext|>', '<|im_start|>', '<|im_end|>'],
+              'bos': '<|startoftext|>', 'eos': '<|endoftext|>', 'pad': '<unk>'},
+}
+
+_CORPUS = [
+    'You are a helpful assistant. What is in the image? Describe the picture in detail.',
+    'The image shows a red circle, a green square, a blue triangle and a yellow star on a white background.',
+    'What colour is the shape? What shape is it? Answer with one word. red green blue yellow purple orange',
+    'circle square triangle star cross diamond left right top bottom centre center small large',
+    'Please describe the image shortly. How many objects are there? There are 0 1 2 3 4 5 6 7 8 9 10 objects.',
+    'The cat sits on the mat. A photo of a dog running in the park. The astronaut is smiling.',
+    'Frame-1: Frame-2: Image-1: Image-2: user assistant system human gpt',
+    '你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。',
+    '你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。',
+    'Yes, no, maybe. The answer is: [[120, 340, 560, 780]] coordinates of the box.',
+]
+
+
+def build_tiny_tokenizer(family: str, vocab_size: int = 1000):
+    """A PreTrainedTokenizerFast trained in milliseconds; saves and loads offline like a real one."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+    spec = FAMILY_TOKENS[family]
+    special: List[str] = spec['special'] + INTERNVL_TOKENS
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(_CORPUS * 4, trainer)
+    bos = spec['bos']
+    if bos:
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f'{bos} $A', pair=f'{bos} $A {bos} $B', special_tokens=[(bos, tokenizer.token_to_id(bos))])
+    else:
+        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=bos, eos_token=spec['eos'],
+                                   pad_token=spec['pad'], unk_token='<unk>' if '<unk>' in special else None,
+                                   additional_special_tokens=[t for t in special if t not in (bos, spec['eos'], spec['pad'], '<unk>')])
+    fast.model_max_length = 8192
+    return fast

@@ -1,0 +1,49 @@
+import os
+
+import pytest
+import torch
+from packaging.version import Version
+
+from internvl_plugin.tiny import build_tiny_checkpoint
+
+
+def _version(name: str) -> Version:
+    from importlib.metadata import version
+    return Version(version(name))
+
+
+# bitsandbytes has CPU 4-bit kernels from 0.46 on; transformers quantises with them from 4.53 on.
+HAS_CPU_4BIT = _version('bitsandbytes') >= Version('0.46') and _version('transformers') >= Version('4.53')
+HAS_NATIVE_INTERNVL = _version('transformers') >= Version('4.52')
+needs_cpu_4bit = pytest.mark.skipif(not HAS_CPU_4BIT, reason='CPU 4-bit needs bitsandbytes >= 0.46, transformers >= 4.53')
+needs_native_internvl = pytest.mark.skipif(not HAS_NATIVE_INTERNVL, reason='native InternVL needs transformers >= 4.52')
+
+FAMILIES = ['qwen2', 'internlm2', 'phi3', 'llama']
+
+
+@pytest.fixture(scope='session')
+def tiny_checkpoint(tmp_path_factory):
+    """tiny_checkpoint(llm, vit) -> path of a cached tiny official-layout checkpoint (fp32)."""
+    cache = {}
+
+    def get(llm: str = 'qwen2', vit: str = '300m') -> str:
+        if (llm, vit) not in cache:
+            path = str(tmp_path_factory.mktemp('ckpt') / f'tiny-{llm}-{vit}')
+            build_tiny_checkpoint(path, llm=llm, vit=vit)
+            cache[llm, vit] = path
+        return cache[llm, vit]
+
+    return get
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """INTERNVL_NO_SKIP=1 (the newest-versions CI run) turns any skipped test into a failed run."""
+    skipped = terminalreporter.stats.get('skipped', [])
+    if os.environ.get('INTERNVL_NO_SKIP') == '1' and skipped:
+        terminalreporter.write_line(f'INTERNVL_NO_SKIP=1 but {len(skipped)} tests were skipped', red=True)
+        terminalreporter._session.exitstatus = 1

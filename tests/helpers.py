@@ -1,0 +1,19 @@
+"""Small builders shared by the tests: one image prompt and its batch."""
+import torch
+
+from internvl_plugin.model.checkpoint.load import img_context_token_id
+
+
+def image_batch(model, text_before: str = 'What colour is it?', answer: str = 'red circle', tiles: int = 1):
+    """A one-sample batch: text, <img> + tiles*256 context tokens + </img>, an answer; labels on the answer only."""
+    tok = model.tokenizer
+    context = img_context_token_id(tok, 'test')
+    prompt = tok(text_before)['input_ids'] + tok.convert_tokens_to_ids(['<img>']) + \
+        [context] * (model.model.tokens_per_tile * tiles) + tok.convert_tokens_to_ids(['</img>'])
+    answer_ids = tok(answer, add_special_tokens=False)['input_ids']
+    ids = torch.tensor([prompt + answer_ids])
+    labels = torch.full_like(ids, -100)
+    labels[0, len(prompt):] = ids[0, len(prompt):]
+    pixel_values = torch.randn(tiles, 3, 448, 448)
+    return {'input_ids': ids, 'labels': labels, 'pixel_values': pixel_values,
+            'image_flags': torch.ones(tiles, dtype=torch.long), 'attention_mask': torch.ones_like(ids)}

@@ -1,0 +1,166 @@
+import pytest
+import torch
+from conftest import FAMILIES, needs_cpu_4bit
+from helpers import image_batch
+
+from internvl_plugin import InternVL_V1_5
+from internvl_plugin.model.modeling.internvl_chat import IMAGENET_MEAN, IMAGENET_STD, pixel_shuffle
+
+
+def trainable(model):
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+@pytest.mark.parametrize('vit', ['300m', '6b'])
+def test_load_forward_backward(tiny_checkpoint, family, vit):
+    model = InternVL_V1_5(tiny_checkpoint(family, vit), torch_dtype='float32')
+    batch = image_batch(model)
+    loss = model(batch)['loss']
+    assert torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert any(n.startswith('model.vision_model.encoder.layers.0.') and g.abs().sum() > 0 for n, g in grads.items())
+    assert any(n.startswith('model.mlp1.') and g.abs().sum() > 0 for n, g in grads.items())
+    assert any(n.startswith('model.language_model.model.layers.1.') and g.abs().sum() > 0 for n, g in grads.items())
+    logits = model(batch, mode='predict')
+    assert logits.shape == (1, batch['input_ids'].shape[1], model.model.language_model.config.vocab_size)
+
+
+def test_vision_styles_have_their_official_modules(tiny_checkpoint):
+    vit_6b = InternVL_V1_5(tiny_checkpoint('internlm2', '6b'), torch_dtype='float32').model.vision_model
+    vit_300m = InternVL_V1_5(tiny_checkpoint('internlm2', '300m'), torch_dtype='float32').model.vision_model
+    layer_6b, layer_300m = vit_6b.encoder.layers[0], vit_300m.encoder.layers[0]
+    assert type(layer_6b.norm1).__name__ == 'InternRMSNorm' and hasattr(layer_6b.attn, 'q_norm')
+    assert layer_6b.attn.qkv.bias is None
+    assert isinstance(layer_300m.norm1, torch.nn.LayerNorm) and not hasattr(layer_300m.attn, 'q_norm')
+    assert layer_300m.attn.qkv.bias is not None
+    assert torch.allclose(layer_6b.ls1, torch.full_like(layer_6b.ls1, 0.1))
+
+
+def test_freeze_flags_select_trainable_parameters(tiny_checkpoint):
+    path = tiny_checkpoint('qwen2')
+    everything = trainable(InternVL_V1_5(path, torch_dtype='float32'))
+    assert {n.split('.')[1] for n in everything} == {'vision_model', 'mlp1', 'language_model'}
+    only_mlp = trainable(InternVL_V1_5(path, torch_dtype='float32', freeze_llm=True, freeze_visual_encoder=True))
+    assert only_mlp == {n for n in everything if n.startswith('model.mlp1.')} and only_mlp
+    no_mlp = trainable(InternVL_V1_5(path, torch_dtype='float32', freeze_mlp=True))
+    assert no_mlp == {n for n in everything if not n.startswith('model.mlp1.')}
+
+
+@pytest.mark.parametrize('family,targets', [
+    ('qwen2', {'q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'}),
+    ('internlm2', {'q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'}),
+    ('phi3', {'qkv_proj', 'o_proj', 'gate_up_proj', 'down_proj'}),
+    ('llama', {'q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'}),
+])
+def test_llm_lora_uses_official_targets_and_state_dict_holds_what_trains(tiny_checkpoint, family, targets):
+    model = InternVL_V1_5(tiny_checkpoint(family), torch_dtype='float32', freeze_visual_encoder=True,
+                          llm_lora=dict(r=16, lora_alpha=32, lora_dropout=0.05))
+    names = trainable(model)
+    lora = {n for n in names if 'lora_' in n}
+    assert {n.split('.lora_')[0].rsplit('.', 1)[1] for n in lora} == targets
+    assert names - lora == {n for n in names if n.startswith('model.mlp1.')}
+    assert not any('lm_head' in n or 'embed' in n for n in lora)
+    assert set(model.state_dict()) == names
+    full_size = sum(p.numel() for p in model.parameters())
+    assert sum(t.numel() for t in model.state_dict().values()) < full_size / 3
+
+
+def test_internlm2_official_lora_names_are_translated(tiny_checkpoint):
+    model = InternVL_V1_5(tiny_checkpoint('internlm2'), torch_dtype='float32',
+                          llm_lora=dict(r=4, lora_alpha=8, target_modules=['wqkv', 'wo']))
+    modules = {n.split('.lora_')[0].rsplit('.', 1)[1] for n in trainable(model) if 'lora_' in n}
+    assert modules == {'q_proj', 'k_proj', 'v_proj', 'o_proj'}
+
+
+def test_vision_lora_targets(tiny_checkpoint):
+    model = InternVL_V1_5(tiny_checkpoint('qwen2'), torch_dtype='float32', freeze_llm=True,
+                          visual_encoder_lora=dict(r=4, lora_alpha=8))
+    lora = {n for n in trainable(model) if 'lora_' in n}
+    assert {n.split('.lora_')[0].split('layers.0.')[-1] for n in lora if 'layers.0.' in n} == \
+        {'attn.qkv', 'attn.proj', 'mlp.fc1', 'mlp.fc2'}
+    model(image_batch(model))['loss'].backward()
+
+
+@needs_cpu_4bit
+@pytest.mark.parametrize('family', ['qwen2', 'internlm2'])
+def test_qlora_quantises_only_the_llm_body(tiny_checkpoint, family):
+    import bitsandbytes as bnb
+    model = InternVL_V1_5(tiny_checkpoint(family), torch_dtype='bfloat16', quantization_llm=True,
+                          freeze_visual_encoder=True, llm_lora=dict(r=8, lora_alpha=16))
+    llm = model.model.language_model
+    quantized = [n for n, m in llm.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert quantized and all('layers.' in n for n in quantized)
+    weight = next(m for m in llm.modules() if isinstance(m, bnb.nn.Linear4bit)).weight
+    assert weight.quant_type == 'nf4' and weight.compress_statistics
+    assert not isinstance(llm.get_output_embeddings(), bnb.nn.Linear4bit)
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.model.vision_model.modules())
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.model.mlp1.modules())
+    loss = model(image_batch(model))['loss']
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert set(model.state_dict()) == trainable(model)
+    assert all('lora_' in n or n.startswith('model.mlp1.') for n in model.state_dict())
+
+
+@needs_cpu_4bit
+def test_qlora_can_quantise_the_vision_model_too(tiny_checkpoint):
+    import bitsandbytes as bnb
+    model = InternVL_V1_5(tiny_checkpoint('qwen2'), torch_dtype='bfloat16', quantization_llm=True,
+                          quantization_vit=True, llm_lora=dict(r=8, lora_alpha=16))
+    model.to('cpu')
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.model.vision_model.modules())
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.model.mlp1.modules())
+    model(image_batch(model))['loss'].backward()
+
+
+def test_pixel_shuffle_v2_moves_2x2_blocks_into_channels():
+    grid = torch.arange(16.0).reshape(1, 4, 4, 1)  # value = 4 * row + col
+    out = pixel_shuffle(grid, 0.5, 'v2')
+    assert out.shape == (1, 2, 2, 4)
+    # Following the official view/permute steps by hand: out[i, j, m] = grid[2i + m // 2, 2j + m % 2],
+    # i.e. each output cell holds its 2x2 block in row-major order.
+    assert out[0, 0, 0].tolist() == [0.0, 1.0, 4.0, 5.0]
+    assert out[0, 0, 1].tolist() == [2.0, 3.0, 6.0, 7.0]
+    assert out[0, 1, 0].tolist() == [8.0, 9.0, 12.0, 13.0]
+    v1 = pixel_shuffle(grid, 0.5, 'v1')
+    assert torch.equal(v1, out.transpose(1, 2))
+
+
+def test_context_token_count_mismatch_names_both_counts(tiny_checkpoint):
+    model = InternVL_V1_5(tiny_checkpoint('qwen2'), torch_dtype='float32')
+    batch = image_batch(model, tiles=2)
+    batch['pixel_values'] = batch['pixel_values'][:1]
+    batch['image_flags'] = batch['image_flags'][:1]
+    with pytest.raises(ValueError, match=r'512 <IMG_CONTEXT> tokens but its 1 real tiles give 256 visual tokens'):
+        model(batch)
+
+
+def test_dummy_tiles_are_ignored_and_uint8_tiles_are_normalised(tiny_checkpoint):
+    model = InternVL_V1_5(tiny_checkpoint('qwen2'), torch_dtype='float32')
+    batch = image_batch(model)
+    raw = torch.randint(0, 256, (1, 3, 448, 448), dtype=torch.uint8)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    batch['pixel_values'] = (raw.float() / 255 - mean) / std
+    reference = model(batch, mode='predict')
+    batch['pixel_values'] = raw
+    assert torch.allclose(model(batch, mode='predict'), reference, atol=1e-5)
+    # One more tile flagged 0 (the dummy tile of a text-only sample) changes nothing.
+    batch['pixel_values'] = torch.cat([raw, torch.zeros_like(raw)])
+    batch['image_flags'] = torch.tensor([1, 0])
+    assert torch.allclose(model(batch, mode='predict'), reference, atol=1e-5)
+
+
+def test_generate_returns_new_tokens(tiny_checkpoint):
+    model = InternVL_V1_5(tiny_checkpoint('qwen2'), torch_dtype='float32')
+    batch = image_batch(model)
+    out = model.model.generate(batch['input_ids'], batch['pixel_values'], max_new_tokens=5, do_sample=False)
+    assert out.shape == (1, 5)
+
+
+def test_mmengine_init_weights_keeps_loaded_weights(tiny_checkpoint):
+    model = InternVL_V1_5(tiny_checkpoint('qwen2'), torch_dtype='float32')
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.init_weights()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
