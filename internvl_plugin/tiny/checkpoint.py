@@ -2,12 +2,14 @@
 
 The same loading code runs on these and on the released models: only the sizes differ.
 """
-from typing import Any, Dict, Optional
+import os
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from ..model.checkpoint.export import save_official
-from ..model.checkpoint.load import build_network, img_context_token_id
+from ..model.checkpoint.export import atomic_output_dir, save_official, write_json, write_safetensors
+from ..model.checkpoint.key_maps import llama_to_internlm2
+from ..model.checkpoint.load import build_language_model, build_network, build_vision_model, img_context_token_id
 from .tokenizer import build_tiny_tokenizer
 
 # Chat template each family's released InternVL models use (config.json `template`).
@@ -87,3 +89,25 @@ def build_tiny_checkpoint(out_dir: str, llm: str = 'qwen2', vit: str = '300m', s
     kwargs = {} if max_shard_bytes is None else {'max_shard_bytes': max_shard_bytes}
     save_official(network, config, tokenizer, out_dir, dtype=dtype, overwrite=overwrite, **kwargs)
     return config
+
+
+def build_tiny_parts(out_dir: str, llm: str = 'llama', vit: str = '6b', seed: int = 0) -> Tuple[str, str]:
+    """A tiny InternViT folder and a tiny LLM folder (its own layout and a tokenizer without InternVL tokens),
+    the inputs of a model assembled from parts; returns (vision_dir, llm_dir)."""
+    torch.manual_seed(seed)
+    vision_dir, llm_dir = os.path.join(out_dir, 'vit'), os.path.join(out_dir, 'llm')
+    vision_config = tiny_vision_config(vit)
+    vision = build_vision_model(vision_config, None, torch.float32, vision_dir)
+    with atomic_output_dir(vision_dir) as tmp:
+        write_safetensors(vision.state_dict(), tmp)
+        write_json(os.path.join(tmp, 'config.json'), vision_config)
+    tokenizer = build_tiny_tokenizer(llm, internvl_tokens=False)
+    llm_config = tiny_llm_config(llm, tokenizer)
+    weights = build_language_model(llm_config, None, torch.float32, llm_dir).state_dict()
+    if llm == 'internlm2':
+        weights = llama_to_internlm2(weights, llm_config['num_attention_heads'], llm_config['num_key_value_heads'])
+    with atomic_output_dir(llm_dir) as tmp:
+        write_safetensors(weights, tmp)
+        write_json(os.path.join(tmp, 'config.json'), llm_config)
+        tokenizer.save_pretrained(tmp)
+    return vision_dir, llm_dir

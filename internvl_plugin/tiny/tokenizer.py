@@ -29,12 +29,14 @@ _CORPUS = [
 ]
 
 
-def build_tiny_tokenizer(family: str, vocab_size: int = 1000):
-    """A PreTrainedTokenizerFast trained in milliseconds; saves and loads offline like a real one."""
+def build_tiny_tokenizer(family: str, vocab_size: int = 1000, internvl_tokens: bool = True):
+    """A PreTrainedTokenizerFast trained in milliseconds; saves and loads offline like a real one.
+
+    Without `internvl_tokens` it is a plain LLM tokenizer, as an LLM checkpoint used to assemble a new InternVL has."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
     spec = FAMILY_TOKENS[family]
-    special: List[str] = spec['special'] + INTERNVL_TOKENS
+    special: List[str] = spec['special'] + (INTERNVL_TOKENS if internvl_tokens else [])
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()

@@ -1,0 +1,197 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import needs_native_internvl
+from helpers import image_batch
+
+from internvl_plugin import InternVL_V1_5
+from internvl_plugin.model.checkpoint import export
+from internvl_plugin.model.checkpoint.convert import convert_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LORA = "dict(r=8, lora_alpha=16, lora_dropout=0.0)"
+
+
+def write_config(folder, model_path, **model_args):
+    args = ''.join(f', {k}={v}' for k, v in model_args.items())
+    path = os.path.join(folder, 'config.py')
+    with open(path, 'w') as f:
+        f.write('from internvl_plugin import InternVL_V1_5\n\n'
+                f"model = dict(type=InternVL_V1_5, model_path={model_path!r}, torch_dtype='float32',\n"
+                f'             use_activation_checkpointing=False{args})\n'
+                "train_dataloader = dict(dataset=dict(template='internvl2_5', max_dynamic_patch=6))\n")
+    return path
+
+
+def train_and_save(model, folder, steps=3):
+    """A few SGD steps, then an mmengine-style checkpoint of what trains."""
+    batch = image_batch(model)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(batch)['loss'].backward()
+        optimizer.step()
+    path = os.path.join(folder, f'iter_{steps}.pth')
+    torch.save({'meta': {'iter': steps}, 'state_dict': model.state_dict()}, path)
+    return batch, path
+
+
+@pytest.mark.parametrize('family,vit,lora', [('qwen2', '300m', True), ('internlm2', '6b', True),
+                                             ('phi3', '300m', False), ('llama', '6b', True)])
+def test_round_trip_logits_match_the_merged_model(tiny_checkpoint, tmp_path, family, vit, lora):
+    base = tiny_checkpoint(family, vit)
+    args = {'llm_lora': LORA, 'freeze_visual_encoder': True} if lora else {}
+    config = write_config(str(tmp_path), base, **args)
+    model = InternVL_V1_5(base, torch_dtype='float32', use_activation_checkpointing=False,
+                          **({'llm_lora': dict(r=8, lora_alpha=16, lora_dropout=0.0), 'freeze_visual_encoder': True}
+                             if lora else {}))
+    batch, ckpt = train_and_save(model, str(tmp_path))
+    model.eval()
+    with torch.no_grad():
+        trained_logits = model(batch, mode='predict')
+        merged_logits = model.merged_network()(batch['input_ids'], batch['pixel_values'], batch['image_flags'])[0]
+    assert torch.allclose(trained_logits, merged_logits, atol=1e-4)
+
+    out = str(tmp_path / 'converted')
+    convert_checkpoint(config, ckpt, out, dtype=torch.float32)
+    reloaded = InternVL_V1_5(out, torch_dtype='float32', use_activation_checkpointing=False).eval()
+    with torch.no_grad():
+        reloaded_logits = reloaded(batch, mode='predict')
+    assert (reloaded_logits - merged_logits).abs().max().item() < 1e-4
+    original = InternVL_V1_5(base, torch_dtype='float32').eval()
+    with torch.no_grad():  # training changed the answer: the converter did not save the base model
+        assert (original(batch, mode='predict') - merged_logits).abs().max().item() > 1e-3
+
+    written = json.load(open(os.path.join(out, 'config.json')))
+    assert written['model_type'] == 'internvl_chat'
+    assert written['use_llm_lora'] == 0 and written['use_backbone_lora'] == 0
+    assert written['template'] == 'internvl2_5' and written['max_dynamic_patch'] == 6
+    base_keys = set(json.load(open(os.path.join(base, 'config.json'))))
+    assert base_keys <= set(written)
+    from safetensors import safe_open
+    with safe_open(os.path.join(out, 'model.safetensors'), 'pt') as f, \
+            safe_open(os.path.join(base, 'model.safetensors'), 'pt') as g:
+        assert set(f.keys()) == set(g.keys())  # official names again (InternLM2: wqkv, output, ...)
+
+
+def test_bf16_sharded_output_with_remote_code(tiny_checkpoint, tmp_path):
+    base = str(tmp_path / 'base')
+    import shutil
+    shutil.copytree(tiny_checkpoint('internlm2'), base)
+    remote_code = ['configuration_internvl_chat.py', 'modeling_internvl_chat.py', 'conversation.py']
+    for name in remote_code:
+        with open(os.path.join(base, name), 'w') as f:
+            f.write(f'# {name} of the base checkpoint\n')
+    config = write_config(str(tmp_path), base, llm_lora=LORA)
+    model = InternVL_V1_5(base, torch_dtype='float32', llm_lora=dict(r=8, lora_alpha=16, lora_dropout=0.0))
+    _, ckpt = train_and_save(model, str(tmp_path), steps=1)
+    out = str(tmp_path / 'bf16')
+    summary = convert_checkpoint(config, ckpt, out, max_shard_bytes=200_000)
+    assert summary['remote_code'] == sorted(remote_code)
+    files = os.listdir(out)
+    for name in remote_code:
+        assert open(os.path.join(out, name)).read() == f'# {name} of the base checkpoint\n'
+    index = json.load(open(os.path.join(out, 'model.safetensors.index.json')))
+    shards = sorted(set(index['weight_map'].values()))
+    assert len(shards) > 1 and set(shards) <= set(files)
+    assert 'tokenizer.json' in files and json.load(open(os.path.join(out, 'config.json')))['torch_dtype'] == 'bfloat16'
+    reloaded = InternVL_V1_5(out, torch_dtype='bfloat16')
+    assert next(reloaded.model.language_model.parameters()).dtype == torch.bfloat16
+    assert not any(name.startswith('.') for name in os.listdir(tmp_path))  # no temporary folders left
+
+
+@needs_native_internvl
+@pytest.mark.parametrize('family', ['qwen2', 'internlm2'])
+def test_hf_format_loads_with_the_native_class_and_gives_the_same_logits(tiny_checkpoint, tmp_path, family):
+    from transformers import AutoModelForImageTextToText
+    base = tiny_checkpoint(family, '6b' if family == 'internlm2' else '300m')
+    config = write_config(str(tmp_path), base, llm_lora=LORA)
+    model = InternVL_V1_5(base, torch_dtype='float32', use_activation_checkpointing=False,
+                          llm_lora=dict(r=8, lora_alpha=16, lora_dropout=0.0))
+    batch, ckpt = train_and_save(model, str(tmp_path))
+    model.eval()
+    with torch.no_grad():
+        merged_logits = model.merged_network()(batch['input_ids'], batch['pixel_values'], batch['image_flags'])[0]
+    out = str(tmp_path / 'hf')
+    convert_checkpoint(config, ckpt, out, fmt='hf', dtype=torch.float32)
+    assert json.load(open(os.path.join(out, 'config.json')))['model_type'] == 'internvl'
+    native = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32).eval()
+    assert type(native).__name__ == 'InternVLForConditionalGeneration'
+    with torch.no_grad():
+        native_logits = native(input_ids=batch['input_ids'], pixel_values=batch['pixel_values']).logits
+    assert (native_logits - merged_logits).abs().max().item() < 1e-4
+
+
+def test_deepspeed_checkpoint_folder_is_accepted(tiny_checkpoint, tmp_path):
+    base = tiny_checkpoint('qwen2')
+    config = write_config(str(tmp_path), base, freeze_llm=True, freeze_visual_encoder=True)
+    model = InternVL_V1_5(base, torch_dtype='float32', freeze_llm=True, freeze_visual_encoder=True)
+    batch, pth = train_and_save(model, str(tmp_path))
+    folder = tmp_path / 'iter_3.pth.ds'
+    (folder / 'global_step3').mkdir(parents=True)
+    torch.save({'module': torch.load(pth, weights_only=False)['state_dict']},
+               folder / 'global_step3' / 'mp_rank_00_model_states.pt')
+    out = str(tmp_path / 'from_ds')
+    assert convert_checkpoint(config, str(folder), out, dtype=torch.float32)['trained_tensors'] == 6  # mlp1: LayerNorm + 2 Linear
+    reloaded = InternVL_V1_5(out, torch_dtype='float32')
+    assert torch.equal(reloaded.model.mlp1[1].weight, model.model.mlp1[1].weight)
+
+
+def test_checkpoint_from_another_config_is_refused(tiny_checkpoint, tmp_path):
+    base = tiny_checkpoint('qwen2')
+    lora_model = InternVL_V1_5(base, torch_dtype='float32', llm_lora=dict(r=8, lora_alpha=16))
+    _, ckpt = train_and_save(lora_model, str(tmp_path), steps=1)
+    full_config = write_config(str(tmp_path), base)
+    out = str(tmp_path / 'never')
+    with pytest.raises(ValueError, match=r'iter_1\.pth \(loaded for .*config\.py\): missing trained keys .*'
+                                         r'unexpected keys \[.*lora_A'):
+        convert_checkpoint(full_config, ckpt, out)
+    assert not os.path.exists(out)
+
+
+def test_refuses_the_base_folder_and_non_empty_folders(tiny_checkpoint, tmp_path):
+    base = tiny_checkpoint('qwen2')
+    model = InternVL_V1_5(base, torch_dtype='float32', freeze_llm=True, freeze_visual_encoder=True)
+    _, ckpt = train_and_save(model, str(tmp_path), steps=1)
+    config = write_config(str(tmp_path), base, freeze_llm=True, freeze_visual_encoder=True)
+    with pytest.raises(ValueError, match='it is the base model folder'):
+        convert_checkpoint(config, ckpt, base, overwrite=True)
+    occupied = tmp_path / 'occupied'
+    occupied.mkdir()
+    (occupied / 'keep.txt').write_text('precious')
+    with pytest.raises(FileExistsError, match='exists and is not empty; pass --overwrite'):
+        convert_checkpoint(config, ckpt, str(occupied))
+    assert (occupied / 'keep.txt').read_text() == 'precious'
+    convert_checkpoint(config, ckpt, str(occupied), overwrite=True)
+    assert not (occupied / 'keep.txt').exists() and (occupied / 'config.json').exists()
+
+
+def test_a_crash_while_writing_leaves_nothing_behind(tiny_checkpoint, tmp_path, monkeypatch):
+    base = tiny_checkpoint('qwen2')
+    model = InternVL_V1_5(base, torch_dtype='float32', freeze_llm=True, freeze_visual_encoder=True)
+    _, ckpt = train_and_save(model, str(tmp_path), steps=1)
+    config = write_config(str(tmp_path), base, freeze_llm=True, freeze_visual_encoder=True)
+    existing = tmp_path / 'existing'
+    existing.mkdir()
+    (existing / 'config.json').write_text('{"old": true}')
+
+    def crash(*args, **kwargs):
+        raise OSError('disk full')
+
+    monkeypatch.setattr(export, 'copy_remote_code', crash)
+    with pytest.raises(OSError, match='disk full'):
+        convert_checkpoint(config, ckpt, str(existing), overwrite=True)
+    assert (existing / 'config.json').read_text() == '{"old": true}'
+    assert sorted(os.listdir(tmp_path)) == sorted(['config.py', 'iter_1.pth', 'existing'])
+
+
+def test_cli_reports_one_error_line(tmp_path, tiny_checkpoint):
+    config = write_config(str(tmp_path), tiny_checkpoint('qwen2'))
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'convert_to_official.py'), config,
+                             str(tmp_path / 'iter_9.pth'), str(tmp_path / 'out')], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == f"convert_to_official: error: checkpoint {tmp_path / 'iter_9.pth'} does not exist"
