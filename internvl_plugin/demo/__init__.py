@@ -1,0 +1,3 @@
+from .run import run_demo
+
+__all__ = ['run_demo']
