@@ -2,11 +2,17 @@
 # Builds one of the two tested environments:  bash scripts/make_env.sh (pinned|newest) VENV_DIR
 #   pinned: what `pip install -e .` resolves to with xtuner 0.2.0's pins (torch 2.5 era).
 #   newest: the newest set xtuner tolerates (torch 2.14.1, transformers 4.57.6, bitsandbytes 0.50.2, ...).
-# The pip commands below are the ones README.md gives users.
+# The pip commands below are the ones README.md gives users. An environment that is newer than this script and
+# setup.py is kept as it is.
 set -euo pipefail
 world=$1
 venv=$2
 cd "$(dirname "$0")/.."
+if [ -f "$venv/.ready" ] && [ "$venv/.ready" -nt scripts/make_env.sh ] && [ "$venv/.ready" -nt setup.py ]; then
+  echo "$world environment in $venv is up to date"
+  exit 0
+fi
+rm -rf "$venv"
 
 pip_install() {
   local log
@@ -36,3 +42,4 @@ case "$world" in
   *) echo "make_env.sh: unknown world '$world' (expected pinned or newest)" >&2; exit 2 ;;
 esac
 "$venv/bin/python" -c "import torch, transformers, mmengine, xtuner; print('$world environment:', 'torch', torch.__version__, 'transformers', transformers.__version__, 'mmengine', mmengine.__version__)"
+touch "$venv/.ready"

@@ -6,13 +6,8 @@ cd "$(dirname "$0")/.."
 venvs=${INTERNVL_VENVS:-.venvs}
 mkdir -p "$venvs"
 
-build() {  # build WORLD: (re)builds $venvs/WORLD when missing or older than the install recipe
-  local venv=$venvs/$1
-  if [ ! -f "$venv/.ready" ] || [ scripts/make_env.sh -nt "$venv/.ready" ] || [ setup.py -nt "$venv/.ready" ]; then
-    rm -rf "$venv"
-    bash scripts/make_env.sh "$1" "$venv" > "$venvs/$1.log" 2>&1 || { cat "$venvs/$1.log"; return 1; }
-    touch "$venv/.ready"
-  fi
+build() {  # build WORLD: quiet unless it fails
+  bash scripts/make_env.sh "$1" "$venvs/$1" > "$venvs/$1.log" 2>&1 || { cat "$venvs/$1.log"; return 1; }
   tail -n 1 "$venvs/$1.log"
 }
 build pinned & pinned_pid=$!

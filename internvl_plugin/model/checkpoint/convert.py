@@ -33,7 +33,7 @@ def build_model_for_export(cfg: Any, dtype: torch.dtype):
     from ..internvl import InternVL_V1_5
     fields = _plain(dict(cfg.model))
     model_type = fields.pop('type', InternVL_V1_5)
-    if model_type not in (InternVL_V1_5, 'InternVL_V1_5') and getattr(model_type, '__name__', '') != 'InternVL_V1_5':
+    if getattr(model_type, '__name__', model_type) != 'InternVL_V1_5':
         raise ValueError(f'the config builds {model_type}; expected model=dict(type=InternVL_V1_5, ...)')
     fields.update(quantization_llm=False, quantization_vit=False, use_activation_checkpointing=False,
                   pretrained_pth=None, torch_dtype=dtype)

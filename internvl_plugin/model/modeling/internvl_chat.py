@@ -87,13 +87,12 @@ class InternVLChatModel(nn.Module):
                 raise ValueError(f'the batch has {n_context} <IMG_CONTEXT> tokens but no pixel_values')
             return embeds
         features = self.extract_feature(pixel_values)
+        anchor = 0.0
         if image_flags is not None:
             real = image_flags.reshape(-1).bool()
             # Dummy tiles (flag 0, text-only samples) still touch the graph so every rank has gradients for mlp1.
             anchor = features[~real].sum() * 0.0
             features = features[real]
-        else:
-            anchor = features.sum() * 0.0 if features.shape[0] == 0 else 0.0
         features = features.reshape(-1, features.shape[-1])
         if features.shape[0] != n_context:
             raise ValueError(
