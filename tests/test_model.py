@@ -44,8 +44,39 @@ def test_freeze_flags_select_trainable_parameters(tiny_checkpoint):
     assert {n.split('.')[1] for n in everything} == {'vision_model', 'mlp1', 'language_model'}
     only_mlp = trainable(InternVL_V1_5(path, torch_dtype='float32', freeze_llm=True, freeze_visual_encoder=True))
     assert only_mlp == {n for n in everything if n.startswith('model.mlp1.')} and only_mlp
-    no_mlp = trainable(InternVL_V1_5(path, torch_dtype='float32', freeze_mlp=True))
+    no_mlp_model = InternVL_V1_5(path, torch_dtype='float32', freeze_mlp=True)
+    no_mlp = trainable(no_mlp_model)
     assert no_mlp == {n for n in everything if not n.startswith('model.mlp1.')}
+    assert set(no_mlp_model.state_dict()) == no_mlp  # state_dict() holds exactly what trains
+
+
+def test_pretrained_pth_continues_from_trained_weights(tiny_checkpoint, tmp_path):
+    path = tiny_checkpoint('qwen2')
+    model = InternVL_V1_5(path, torch_dtype='float32', freeze_visual_encoder=True, llm_lora=dict(r=4, lora_alpha=8))
+    for param in model.parameters():
+        if param.requires_grad:
+            param.data.add_(0.01)
+    torch.save({'state_dict': model.state_dict()}, tmp_path / 'iter_1.pth')
+    resumed = InternVL_V1_5(path, torch_dtype='float32', freeze_visual_encoder=True, llm_lora=dict(r=4, lora_alpha=8),
+                            pretrained_pth=str(tmp_path / 'iter_1.pth'))
+    assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match=r'iter_1.pth: missing trained keys \[.model.language_model.lm_head.weight'):
+        InternVL_V1_5(path, torch_dtype='float32', pretrained_pth=str(tmp_path / 'iter_1.pth'))
+
+
+def test_drop_path_is_random_in_training_only(tiny_checkpoint):
+    model = InternVL_V1_5(tiny_checkpoint('qwen2', '6b'), torch_dtype='float32', drop_path_rate=0.5)
+    vision = model.model.vision_model
+    assert vision.encoder.layers[-1].drop_path1.rate == pytest.approx(0.5)
+    assert vision.encoder.layers[0].drop_path1.rate == 0.0  # linearly rising with depth, as in the official encoder
+    tiles = torch.randn(8, 3, 448, 448)  # 16 branch draws: equal masks for two seeds have probability 2^-16
+    vision.eval()
+    assert torch.equal(vision(tiles), vision(tiles))
+    vision.train()
+    torch.manual_seed(1)
+    first = vision(tiles)
+    torch.manual_seed(2)
+    assert not torch.equal(first, vision(tiles))
 
 
 @pytest.mark.parametrize('family,targets', [
@@ -93,7 +124,8 @@ def test_qlora_quantises_only_the_llm_body(tiny_checkpoint, family):
     quantized = [n for n, m in llm.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert quantized and all('layers.' in n for n in quantized)
     weight = next(m for m in llm.modules() if isinstance(m, bnb.nn.Linear4bit)).weight
-    assert weight.quant_type == 'nf4' and weight.compress_statistics
+    assert weight.quant_type == 'nf4' and weight.compress_statistics  # nf4 + double quantisation
+    assert next(m for m in llm.modules() if isinstance(m, bnb.nn.Linear4bit)).compute_dtype == torch.bfloat16
     assert not isinstance(llm.get_output_embeddings(), bnb.nn.Linear4bit)
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.model.vision_model.modules())
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.model.mlp1.modules())
