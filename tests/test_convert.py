@@ -125,6 +125,18 @@ def test_hf_format_loads_with_the_native_class_and_gives_the_same_logits(tiny_ch
         native_logits = native(input_ids=batch['input_ids'], pixel_values=batch['pixel_values']).logits
     assert (native_logits - merged_logits).abs().max().item() < 1e-4
 
+    from PIL import Image
+    from transformers import AutoProcessor
+    processor = AutoProcessor.from_pretrained(out)
+    assert type(processor).__name__ == 'InternVLProcessor' and processor.image_token == '<IMG_CONTEXT>'
+    inputs = processor(text=['<IMG_CONTEXT>\nWhat colour?'], images=[Image.new('RGB', (900, 450), (200, 10, 10))],
+                       return_tensors='pt')
+    assert inputs['pixel_values'].shape == (3, 3, 448, 448)  # a 2x1 grid for a 2:1 image, plus the thumbnail
+    n_context = int((inputs['input_ids'] == processor.image_token_id).sum())
+    assert n_context == 3 * 256
+    with torch.no_grad():
+        assert native(**inputs).logits.shape[1] == inputs['input_ids'].shape[1]
+
 
 def test_deepspeed_checkpoint_folder_is_accepted(tiny_checkpoint, tmp_path):
     base = tiny_checkpoint('qwen2')

@@ -196,3 +196,31 @@ def test_mmengine_init_weights_keeps_loaded_weights(tiny_checkpoint):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.init_weights()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize('sharded', [False, True])
+def test_pytorch_bin_checkpoints_load_like_safetensors(tiny_checkpoint, tmp_path, sharded):
+    import json
+    import os
+    import shutil
+
+    from internvl_plugin.model.checkpoint.load import load_weights
+    base = tiny_checkpoint('internlm2')
+    folder = tmp_path / 'bin'
+    shutil.copytree(base, folder)
+    weights = load_weights(str(folder))
+    os.remove(folder / 'model.safetensors')
+    if sharded:
+        keys = sorted(weights)
+        halves = {'pytorch_model-00001-of-00002.bin': keys[::2], 'pytorch_model-00002-of-00002.bin': keys[1::2]}
+        for name, part in halves.items():
+            torch.save({k: weights[k] for k in part}, folder / name)
+        index = {'weight_map': {k: name for name, part in halves.items() for k in part}}
+        (folder / 'pytorch_model.bin.index.json').write_text(json.dumps(index))
+    else:
+        torch.save(weights, folder / 'pytorch_model.bin')
+    from_bin = InternVL_V1_5(str(folder), torch_dtype='float32').eval()
+    from_safetensors = InternVL_V1_5(base, torch_dtype='float32').eval()
+    batch = image_batch(from_bin)
+    with torch.no_grad():
+        assert torch.equal(from_bin(batch, mode='predict'), from_safetensors(batch, mode='predict'))

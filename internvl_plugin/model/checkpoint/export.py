@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 
-from ..modeling.internvl_chat import InternVLChatModel
+from ..modeling.internvl_chat import IMAGENET_MEAN, IMAGENET_STD, InternVLChatModel
 from ..modeling.llm import build_llm_config, llm_family
 from .key_maps import StateDict, network_to_hf, network_to_official
 from .load import language_shape
@@ -186,13 +186,39 @@ def hf_config(base_config: Dict[str, Any], network: InternVLChatModel, dtype: to
     }
 
 
+# The tokenizer attributes transformers' InternVLProcessor reads.
+HF_PROCESSOR_TOKENS = {'start_image_token': '<img>', 'end_image_token': '</img>',
+                       'context_image_token': '<IMG_CONTEXT>', 'video_token': '<video>'}
+
+
+def write_hf_processor(folder: str, base_config: Dict[str, Any], network: InternVLChatModel) -> None:
+    """Processor files so that AutoProcessor (what LLaMA-Factory and vLLM use) tiles images as the model expects."""
+    size = base_config.get('force_image_size') or network.vision_model.config.image_size
+    write_json(os.path.join(folder, 'preprocessor_config.json'), {
+        'image_processor_type': 'GotOcr2ImageProcessorFast', 'processor_class': 'InternVLProcessor',
+        'crop_to_patches': bool(base_config.get('dynamic_image_size', True)),
+        'min_patches': base_config.get('min_dynamic_patch', 1), 'max_patches': base_config.get('max_dynamic_patch', 12),
+        'size': {'height': size, 'width': size}, 'resample': 3, 'do_resize': True, 'do_rescale': True,
+        'rescale_factor': 1 / 255, 'do_normalize': True, 'image_mean': list(IMAGENET_MEAN),
+        'image_std': list(IMAGENET_STD), 'do_convert_rgb': True})
+    write_json(os.path.join(folder, 'processor_config.json'),
+               {'processor_class': 'InternVLProcessor', 'image_seq_length': network.tokens_per_tile})
+    tokenizer_config = os.path.join(folder, 'tokenizer_config.json')
+    with open(tokenizer_config, encoding='utf-8') as f:
+        config = json.load(f)
+    config['extra_special_tokens'] = dict(HF_PROCESSOR_TOKENS)
+    write_json(tokenizer_config, config)
+
+
 def save_hf(network: InternVLChatModel, base_config: Dict[str, Any], tokenizer: Any, save_dir: str,
             dtype: torch.dtype = torch.bfloat16, base_dir: Optional[str] = None, overwrite: bool = False,
             max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
-    """transformers' native InternVL layout, loadable by AutoModelForImageTextToText (transformers >= 4.52)."""
+    """transformers' native InternVL layout with its processor files: AutoModelForImageTextToText and AutoProcessor
+    load it (transformers >= 4.52)."""
     config = hf_config(base_config, network, dtype)
     weights = network_to_hf({k: v.to(dtype) for k, v in network.state_dict().items()})
     with atomic_output_dir(save_dir, overwrite, protected=[base_dir]) as tmp:
         write_safetensors(weights, tmp, max_shard_bytes)
         write_json(os.path.join(tmp, 'config.json'), config)
         tokenizer.save_pretrained(tmp)
+        write_hf_processor(tmp, base_config, network)
