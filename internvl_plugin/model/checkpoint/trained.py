@@ -10,6 +10,7 @@ from .key_maps import StateDict
 from .load import check_keys
 
 _DEEPSPEED_MODEL_STATES = 'mp_rank_00_model_states.pt'
+_ZERO3_MODEL_STATES = 'zero_pp_rank_*_mp_rank_00_model_states.pt'
 
 
 def _strip_wrapper_prefix(state_dict: StateDict) -> StateDict:
@@ -18,18 +19,27 @@ def _strip_wrapper_prefix(state_dict: StateDict) -> StateDict:
     return state_dict
 
 
+def _load_deepspeed_folder(path: str) -> StateDict:
+    """ZeRO-1/2 keep the module in mp_rank_00_model_states.pt; ZeRO-3 partitions it across
+    zero_pp_rank_*_mp_rank_00_model_states.pt, which DeepSpeed's zero_to_fp32 reassembles."""
+    whole = sorted(glob.glob(os.path.join(path, '**', _DEEPSPEED_MODEL_STATES), recursive=True))
+    if whole:
+        return dict(torch.load(whole[0], map_location='cpu', weights_only=False)['module'])
+    partitioned = sorted(glob.glob(os.path.join(path, '**', _ZERO3_MODEL_STATES), recursive=True))
+    if partitioned:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        tag_dir = os.path.dirname(partitioned[0])
+        return dict(get_fp32_state_dict_from_zero_checkpoint(os.path.dirname(tag_dir), tag=os.path.basename(tag_dir),
+                                                             exclude_frozen_parameters=True))
+    raise FileNotFoundError(f'{path} is a folder without DeepSpeed model states ({_DEEPSPEED_MODEL_STATES} or '
+                            f'{_ZERO3_MODEL_STATES}); expected an mmengine iter_xxx.pth file or a DeepSpeed '
+                            'checkpoint folder')
+
+
 def load_trained_state(path: str) -> StateDict:
     """The trained tensors of a checkpoint: an mmengine .pth file or a DeepSpeed folder (ZeRO-1/2/3)."""
     if os.path.isdir(path):
-        found = sorted(glob.glob(os.path.join(path, '**', _DEEPSPEED_MODEL_STATES), recursive=True))
-        if not found:
-            raise FileNotFoundError(f'{path} is a folder without {_DEEPSPEED_MODEL_STATES}; expected an mmengine '
-                                    'iter_xxx.pth file or a DeepSpeed checkpoint folder')
-        module = torch.load(found[0], map_location='cpu', weights_only=False)['module']
-        if any(t.numel() == 0 for t in module.values()):  # ZeRO-3: the parameters live in the partition files
-            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-            module = get_fp32_state_dict_from_zero_checkpoint(os.path.dirname(found[0]), tag='')
-        return _strip_wrapper_prefix(dict(module))
+        return _strip_wrapper_prefix(_load_deepspeed_folder(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint {path} does not exist')
     # mmengine checkpoints pickle training state (message hub, history buffers) beside the weights.
