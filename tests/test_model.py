@@ -224,3 +224,17 @@ def test_pytorch_bin_checkpoints_load_like_safetensors(tiny_checkpoint, tmp_path
     batch = image_batch(from_bin)
     with torch.no_grad():
         assert torch.equal(from_bin(batch, mode='predict'), from_safetensors(batch, mode='predict'))
+
+
+def test_select_layer_indexes_hidden_states_like_the_official_model(tiny_checkpoint):
+    vision = InternVL_V1_5(tiny_checkpoint('qwen2', '6b'), torch_dtype='float32').model.vision_model.eval()
+    tiles = torch.randn(1, 3, 448, 448)
+    with torch.no_grad():
+        embeddings = vision.embeddings(tiles)
+        after_first = vision.encoder.layers[0](embeddings)
+        after_last = vision.encoder.layers[1](after_first)
+        assert torch.equal(vision(tiles, select_layer=0), embeddings)      # hidden_states[0]: the embeddings
+        assert torch.equal(vision(tiles, select_layer=-2), after_first)    # hidden_states[-2]: one layer before the end
+        assert torch.equal(vision(tiles, select_layer=-1), after_last)
+    with pytest.raises(ValueError, match='select_layer -4 is out of range for a 2-layer vision model'):
+        vision(tiles, select_layer=-4)
