@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 
 from ..model.checkpoint.convert import convert_checkpoint
-from ..model.checkpoint.load import img_context_token_id
 from ..model.internvl import InternVL_V1_5
 from ..tiny import build_tiny_checkpoint
 from .shapes import COLOURS, write_split
@@ -78,11 +77,16 @@ def accuracy(model: InternVL_V1_5, samples: List[Dict]) -> float:
     return correct / len(samples)
 
 
-DEMO_CONFIG = '''from internvl_plugin import InternVL_V1_5
+# Full fine-tune of mlp1 + LLM: a random tiny LLM's frozen output head leaves LoRA too little logit range.
+# The same arguments build the trained model and go into the config the converter reads.
+DEMO_MODEL_ARGS = {'freeze_visual_encoder': True, 'torch_dtype': 'float32', 'use_activation_checkpointing': False}
 
-model = dict(type=InternVL_V1_5, model_path={model_path!r}, freeze_visual_encoder=True, torch_dtype='float32',
-             use_activation_checkpointing=False)
-'''
+
+def write_demo_config(path: str, model_path: str) -> None:
+    args = ''.join(f', {k}={v!r}' for k, v in DEMO_MODEL_ARGS.items())
+    with open(path, 'w') as f:
+        f.write('from internvl_plugin import InternVL_V1_5\n\n'
+                f'model = dict(type=InternVL_V1_5, model_path={model_path!r}{args})\n')
 
 
 def run_demo(work_dir: str, steps: int = 120, batch_size: int = 8, lr: float = 1e-3, seed: int = 0) -> Dict:
@@ -97,8 +101,7 @@ def run_demo(work_dir: str, steps: int = 120, batch_size: int = 8, lr: float = 1
     train = _read(write_split(data, 'train', 512, seed=seed))
     held_out = _read(write_split(data, 'held_out', 100, seed=seed + 1))
 
-    # Full fine-tune of mlp1 + LLM: a random tiny LLM's frozen output head leaves LoRA too little logit range.
-    model = InternVL_V1_5(base, torch_dtype='float32', freeze_visual_encoder=True, use_activation_checkpointing=False)
+    model = InternVL_V1_5(base, **DEMO_MODEL_ARGS)
     before = accuracy(model, held_out)
     _log(f'untrained held-out accuracy: {before:.0%}')
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
@@ -114,8 +117,7 @@ def run_demo(work_dir: str, steps: int = 120, batch_size: int = 8, lr: float = 1
     checkpoint = os.path.join(work_dir, f'iter_{steps}.pth')
     torch.save({'meta': {'iter': steps}, 'state_dict': model.state_dict()}, checkpoint)
     config = os.path.join(work_dir, 'demo_config.py')
-    with open(config, 'w') as f:
-        f.write(DEMO_CONFIG.format(model_path=base))
+    write_demo_config(config, base)
     converted = os.path.join(work_dir, 'converted')
     _log(f'converting {checkpoint} to the official layout in {converted}')
     convert_checkpoint(config, checkpoint, converted, dtype=torch.float32, overwrite=True)

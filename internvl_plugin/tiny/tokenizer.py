@@ -1,7 +1,7 @@
 """Tiny byte-level BPE tokenizers built offline, with each family's chat tokens and InternVL's special tokens."""
 from typing import Dict, List
 
-INTERNVL_TOKENS = ['<img>', '</img>', '<IMG_CONTEXT>', '<quad>', '</quad>', '<ref>', '</ref>', '<box>', '</box>']
+from ..model.checkpoint.parts import INTERNVL_SPECIAL_TOKENS
 
 # Per family: special tokens in id order, the BOS token the tokenizer prepends (None: none), eos and pad.
 FAMILY_TOKENS: Dict[str, Dict] = {
@@ -36,7 +36,7 @@ def build_tiny_tokenizer(family: str, vocab_size: int = 1000, internvl_tokens: b
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
     spec = FAMILY_TOKENS[family]
-    special: List[str] = spec['special'] + (INTERNVL_TOKENS if internvl_tokens else [])
+    special: List[str] = spec['special'] + (INTERNVL_SPECIAL_TOKENS if internvl_tokens else [])
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -49,8 +49,9 @@ def build_tiny_tokenizer(family: str, vocab_size: int = 1000, internvl_tokens: b
             single=f'{bos} $A', pair=f'{bos} $A {bos} $B', special_tokens=[(bos, tokenizer.token_to_id(bos))])
     else:
         tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    named = (bos, spec['eos'], spec['pad'], '<unk>')
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=bos, eos_token=spec['eos'],
                                    pad_token=spec['pad'], unk_token='<unk>' if '<unk>' in special else None,
-                                   additional_special_tokens=[t for t in special if t not in (bos, spec['eos'], spec['pad'], '<unk>')])
+                                   additional_special_tokens=[t for t in special if t not in named])
     fast.model_max_length = 8192
     return fast
