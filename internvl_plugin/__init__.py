@@ -1,5 +1,6 @@
 """internvl_plugin: fine-tune InternVL with XTuner / MMEngine configs."""
+from .dataset import InternVL_V1_5_Dataset, internvl_collate_fn
 from .model import InternVL_V1_5
 
 __version__ = '0.1.0'
-__all__ = ['InternVL_V1_5']
+__all__ = ['InternVL_V1_5', 'InternVL_V1_5_Dataset', 'internvl_collate_fn']

@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from internvl_plugin import InternVL_V1_5
-from internvl_plugin.model.checkpoint.load import resolve_model_path
+from internvl_plugin.files import resolve_model_path
 
 
 def copy_with_config(src, dst, edit):

@@ -7,8 +7,8 @@ import torch
 from mmengine.model import BaseModel
 from peft import LoraConfig, get_peft_model
 
-from .checkpoint.load import (build_network, img_context_token_id, load_tokenizer, load_weights, read_internvl_config,
-                              read_json, resolve_model_path)
+from ..files import load_tokenizer, resolve_model_path
+from .checkpoint.load import build_network, img_context_token_id, load_weights, read_internvl_config
 from .checkpoint.parts import assemble_config_and_weights
 from .checkpoint.trained import apply_trained_state, load_trained_state
 from .lora import LLM_LORA_TARGETS, VISION_LORA_TARGETS, build_lora_config

@@ -1,53 +1,20 @@
 """Official InternVL checkpoint folders (or hub ids) -> config dict, weights, tokenizer, network."""
-import json
 import os
-import re
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
 
+from ...files import read_json
 from ..modeling.intern_vit import InternVisionConfig, InternVisionModel
 from ..modeling.internvl_chat import InternVLChatModel, build_mlp1
 from ..modeling.llm import build_llm_config, dtype_kwargs, llm_family
 from .key_maps import StateDict, official_to_network
 
 IMG_CONTEXT_TOKEN = '<IMG_CONTEXT>'
-_REPO_ID = re.compile(r'^[A-Za-z0-9][\w.-]*/[\w.-]+$')
 _WEIGHT_INDEXES = ('model.safetensors.index.json', 'pytorch_model.bin.index.json')
 _WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
 _TOP_MODULES = ('vision_model.', 'mlp1.', 'language_model.')
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """A local folder as is; a hub repo id (`OpenGVLab/InternVL2_5-8B`) through huggingface_hub's cache/download."""
-    if os.path.isdir(name_or_path):
-        return name_or_path
-    if os.path.exists(name_or_path):
-        raise NotADirectoryError(f"model_path '{name_or_path}' is a file; expected a checkpoint folder")
-    if not _REPO_ID.match(name_or_path):
-        raise FileNotFoundError(f"model_path '{name_or_path}' does not exist")
-    from huggingface_hub import snapshot_download
-    try:
-        return snapshot_download(name_or_path, local_files_only=True)
-    except Exception:  # not cached (yet): try the hub itself below
-        pass
-    try:
-        return snapshot_download(name_or_path)
-    except Exception as error:
-        raise FileNotFoundError(
-            f"model_path '{name_or_path}' is neither a local folder nor in the Hugging Face cache, and downloading it "
-            f'failed ({type(error).__name__}); download it where the hub is reachable or pass a local folder') from None
-
-
-def read_json(path: str) -> Dict[str, Any]:
-    try:
-        with open(path, encoding='utf-8') as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f'{path} does not exist') from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f'{path}:{error.lineno}: invalid JSON ({error.msg})') from None
 
 
 def read_internvl_config(folder: str) -> Dict[str, Any]:
@@ -191,11 +158,3 @@ def build_network(config: Dict[str, Any], weights: Optional[StateDict], img_cont
         mlp1 = _load_module(mlp1, part('mlp1.'), source, dtype)
     return InternVLChatModel(vision, mlp1, language, img_context_id, select_layer=config.get('select_layer', -1),
                              downsample_ratio=ratio, ps_version=config.get('ps_version', 'v2'))
-
-
-def load_tokenizer(folder: str) -> Any:
-    """The checkpoint's tokenizer; remote code only where the tokenizer class needs it (InternLM2's)."""
-    from transformers import AutoTokenizer
-    tokenizer_config = os.path.join(folder, 'tokenizer_config.json')
-    remote = os.path.isfile(tokenizer_config) and 'auto_map' in read_json(tokenizer_config)
-    return AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)

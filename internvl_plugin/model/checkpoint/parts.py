@@ -6,7 +6,8 @@ from ..modeling.intern_vit import InternVisionConfig
 from ..modeling.internvl_chat import build_mlp1
 from ..modeling.llm import llm_family
 from .key_maps import StateDict
-from .load import load_tokenizer, load_weights, read_json
+from ...files import load_tokenizer, read_json
+from .load import load_weights
 
 INTERNVL_SPECIAL_TOKENS = ['<img>', '</img>', '<IMG_CONTEXT>', '<quad>', '</quad>', '<ref>', '</ref>', '<box>', '</box>']
 

@@ -1,0 +1,359 @@
+"""InternVL_V1_5_Dataset: official meta JSON or XTuner's lists -> token-exact samples with their tiles.
+
+Over-long samples: a sample longer than `max_length` loses only text after its last image (the answers that no
+longer fit); if the cut would fall inside an image span, or leave no supervised token, the sample is dropped and
+the next one in order takes its place, with a warning naming file:line. Images are never cut.
+"""
+import logging
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ..files import load_tokenizer, read_json, resolve_model_path
+from .image import count_tiles, dynamic_tiles, jpeg_recompress, resize_tile, tile_budget, tiles_to_tensor
+from .samples import Sample, SampleError, expand_video, missing_media, parse_sample
+from .sources import DataError, DataSource, LineStore, read_annotation, read_meta, repeat_indices, xtuner_sources
+from .templates import IGNORE_INDEX, Encoded, TemplateEncoder, Turn, get_template
+from .video import open_video, sample_frame_indices
+
+logger = logging.getLogger('internvl_plugin')
+MAX_LISTED_PROBLEMS = 20
+
+
+@dataclass
+class ImageSettings:
+    """How images become tiles and tokens; the checkpoint's config.json gives the defaults."""
+    image_size: int = 448
+    patch_size: int = 14
+    downsample_ratio: float = 0.5
+    dynamic_image_size: bool = True
+    use_thumbnail: bool = True
+    min_dynamic_patch: int = 1
+    max_dynamic_patch: int = 6
+
+    @property
+    def tokens_per_tile(self) -> int:
+        return int((self.image_size // self.patch_size) ** 2 * self.downsample_ratio ** 2)
+
+    @classmethod
+    def from_checkpoint(cls, config: Dict[str, Any]) -> 'ImageSettings':
+        vision = config.get('vision_config', {})
+        defaults = cls()
+        return cls(image_size=config.get('force_image_size') or vision.get('image_size', defaults.image_size),
+                   patch_size=vision.get('patch_size', defaults.patch_size),
+                   downsample_ratio=config.get('downsample_ratio', defaults.downsample_ratio),
+                   dynamic_image_size=config.get('dynamic_image_size', defaults.dynamic_image_size),
+                   use_thumbnail=config.get('use_thumbnail', defaults.use_thumbnail),
+                   min_dynamic_patch=config.get('min_dynamic_patch', defaults.min_dynamic_patch),
+                   max_dynamic_patch=config.get('max_dynamic_patch', defaults.max_dynamic_patch))
+
+
+class _Dropped(Exception):
+    """A sample that is skipped at load time (over-long, or bad with skip_bad_samples)."""
+
+
+def _build_tokenizer(tokenizer: Any) -> Any:
+    """A tokenizer object, or an MMEngine/XTuner-style dict whose `type` builds one."""
+    if not isinstance(tokenizer, dict):
+        return tokenizer
+    kwargs = dict(tokenizer)
+    builder = kwargs.pop('type')
+    builder = builder.build() if hasattr(builder, 'build') else builder
+    return builder(**kwargs)
+
+
+class InternVL_V1_5_Dataset(Dataset):
+    """Samples in InternVL's official format, tokenised and tiled exactly as the official fine-tuning code does.
+
+    Data comes from `meta_path` (InternVL's meta JSON) and/or XTuner-style `data_paths` + `image_folders` +
+    `repeat_times`. Template, tokenizer and tiling default to the checkpoint at `model_path`; every tiling
+    setting can be overridden here and `min/max_dynamic_patch`, `use_thumbnail` per meta-JSON dataset.
+    A fractional repeat factor r = k + f takes every sample k times plus a fixed, seeded choice of
+    round(f * n) samples once more. Bad samples stop the build with a list of `file:line: problem`;
+    `skip_bad_samples=True` leaves them out and logs how many.
+    """
+
+    def __init__(self, model_path: Optional[str] = None, template: Optional[str] = None,
+                 data_paths: Union[None, str, Sequence[str]] = None,
+                 image_folders: Union[None, str, Sequence[Optional[str]]] = None,
+                 repeat_times: Union[float, Sequence[float]] = 1, max_length: int = 8192,
+                 meta_path: Optional[str] = None, tokenizer: Any = None, image_size: Optional[int] = None,
+                 downsample_ratio: Optional[float] = None, dynamic_image_size: Optional[bool] = None,
+                 use_thumbnail: Optional[bool] = None, min_dynamic_patch: Optional[int] = None,
+                 max_dynamic_patch: Optional[int] = None, data_augment: bool = False, min_num_frames: int = 8,
+                 max_num_frames: int = 32, skip_bad_samples: bool = False, seed: int = 0):
+        super().__init__()
+        config: Dict[str, Any] = {}
+        if model_path is not None:
+            model_path = resolve_model_path(model_path)
+            config = read_json(os.path.join(model_path, 'config.json'))
+        self.tokenizer = _build_tokenizer(tokenizer) if tokenizer is not None else (
+            load_tokenizer(model_path) if model_path is not None else None)
+        if self.tokenizer is None:
+            raise ValueError('InternVL_V1_5_Dataset needs model_path (an InternVL checkpoint) or a tokenizer')
+        template = template or config.get('template')
+        if template is None:
+            raise ValueError('no template: pass template=... (the checkpoint config names none)')
+        self.template = get_template(template)
+        self.encoder = TemplateEncoder(self.template, self.tokenizer)
+        overrides = {'image_size': image_size, 'downsample_ratio': downsample_ratio, 'use_thumbnail': use_thumbnail,
+                     'dynamic_image_size': dynamic_image_size, 'min_dynamic_patch': min_dynamic_patch,
+                     'max_dynamic_patch': max_dynamic_patch}
+        settings = ImageSettings.from_checkpoint(config).__dict__
+        settings.update({k: v for k, v in overrides.items() if v is not None})
+        self.image = ImageSettings(**settings)
+        if not 1 <= min_num_frames <= max_num_frames:
+            raise ValueError(f'min_num_frames {min_num_frames} and max_num_frames {max_num_frames}: expected '
+                             '1 <= min <= max')
+        self.max_length = max_length
+        self.data_augment = data_augment
+        self.min_num_frames, self.max_num_frames = min_num_frames, max_num_frames
+        self.skip_bad_samples = skip_bad_samples
+        self.pad_token_id = self.tokenizer.pad_token_id
+        if self.pad_token_id is None:
+            self.pad_token_id = self.tokenizer.eos_token_id
+
+        self.sources: List[DataSource] = []
+        if meta_path is not None:
+            self.sources += read_meta(meta_path)
+        if data_paths is not None:
+            self.sources += xtuner_sources(data_paths, image_folders, repeat_times)
+        if not self.sources:
+            raise ValueError('no data: pass meta_path (InternVL meta JSON) and/or data_paths')
+        self._load_sources(seed)
+        self._lengths: Optional[np.ndarray] = None
+        self._warned: set = set()
+
+    # ---- building -------------------------------------------------------------------------------------------
+
+    def _load_sources(self, seed: int) -> None:
+        lines: List[str] = []
+        line_numbers: List[int] = []
+        source_ids: List[int] = []
+        problems: List[str] = []
+        index_parts = []
+        self.source_counts: Dict[str, int] = {}
+        for source_id, source in enumerate(self.sources):
+            first = len(lines)
+            for number, text in read_annotation(source.annotation):
+                problem = self._check(text, source)
+                if problem:
+                    problems.append(f'{source.annotation}:{number}: {problem}')
+                    continue
+                lines.append(text)
+                line_numbers.append(number)
+                source_ids.append(source_id)
+            kept = len(lines) - first
+            index_parts.append(first + repeat_indices(kept, source.repeat_time, seed + source_id))
+            self.source_counts[source.name] = len(index_parts[-1])
+        if problems and not self.skip_bad_samples:
+            listed = '\n'.join(problems[:MAX_LISTED_PROBLEMS])
+            more = f'\n... and {len(problems) - MAX_LISTED_PROBLEMS} more' if len(problems) > MAX_LISTED_PROBLEMS else ''
+            raise DataError(f'{len(problems)} bad sample(s) in the training data; fix them, or pass '
+                            f'skip_bad_samples=True to leave them out:\n{listed}{more}')
+        if problems:
+            logger.warning('skipped %d bad sample(s) (skip_bad_samples=True); the first: %s', len(problems),
+                           '; '.join(problems[:3]))
+        self.skipped_problems = problems
+        self._store = LineStore(lines)
+        self._line_numbers = np.asarray(line_numbers, dtype=np.int64)
+        self._source_ids = np.asarray(source_ids, dtype=np.int32)
+        self._index = np.concatenate(index_parts) if index_parts else np.zeros(0, np.int64)
+        if len(self._index) == 0:
+            raise DataError('the dataset is empty: ' + ', '.join(s.annotation for s in self.sources)
+                            + ' hold no usable samples (or every repeat factor is 0)')
+
+    def _check(self, text: str, source: DataSource) -> Optional[str]:
+        try:
+            sample = parse_sample(text, source.root)
+        except SampleError as error:
+            return str(error)
+        return missing_media(sample)
+
+    # ---- lengths for LengthGroupedSampler ------------------------------------------------------------------
+
+    @property
+    def length(self) -> List[int]:
+        """Estimated tokens per sample: the line's `length` when present, else text tokens + image tokens
+        (from width/height when the line has them, the tile budget otherwise); no image is opened."""
+        if self._lengths is None:
+            self._lengths = self._estimate_lengths()
+        return np.abs(self._lengths)[self._index].tolist()
+
+    @property
+    def modality_length(self) -> List[int]:
+        """As `length`, negative for text-only samples (XTuner's sampler groups the two kinds apart)."""
+        if self._lengths is None:
+            self._lengths = self._estimate_lengths()
+        return self._lengths[self._index].tolist()
+
+    def _estimate_lengths(self) -> np.ndarray:
+        lengths = np.zeros(len(self._store), dtype=np.int64)
+        texts, positions = [], []
+        media = np.zeros(len(self._store), dtype=np.int64)
+        has_media = np.zeros(len(self._store), dtype=bool)
+        overhead = len(self.encoder.encode(None, [], []).input_ids)
+        per_turn = self._per_turn_overhead()
+        for i in range(len(self._store)):
+            source = self.sources[self._source_ids[i]]
+            sample = parse_sample(self._store[i], source.root)
+            has_media[i] = bool(sample.images) or sample.video is not None
+            if sample.length is not None:
+                lengths[i] = sample.length
+                continue
+            media[i] = self._media_tokens(sample, source)
+            texts.append('\n'.join(turn.text for turn in sample.turns))
+            positions.append((i, overhead + per_turn * len(sample.turns)))
+        for start in range(0, len(texts), 1024):
+            batch = self.tokenizer(texts[start:start + 1024], add_special_tokens=False)['input_ids']
+            for (i, fixed), ids in zip(positions[start:start + 1024], batch):
+                lengths[i] = fixed + len(ids) + media[i]
+        return np.where(has_media, lengths, -lengths)
+
+    def _per_turn_overhead(self) -> int:
+        one = self.encoder.encode(None, [Turn('human', 'a'), Turn('gpt', 'a')], []).input_ids
+        return (len(one) - len(self.encoder.encode(None, [], []).input_ids)) // 2
+
+    def _media_tokens(self, sample: Sample, source: DataSource) -> int:
+        per_tile = self.image.tokens_per_tile
+        if sample.video is not None:
+            return self.max_num_frames * (per_tile + 2)
+        min_tiles, max_tiles, thumbnail = self._tiling(source, len(sample.images))
+        total = 0
+        for size in sample.sizes:
+            if not self.image.dynamic_image_size:
+                tiles = 1
+            elif size is None:
+                tiles = max_tiles + (1 if thumbnail and max_tiles > 1 else 0)
+            else:
+                tiles = count_tiles(size[0], size[1], min_tiles, max_tiles, self.image.image_size, thumbnail)
+            total += tiles * per_tile + 2
+        return total
+
+    def _tiling(self, source: DataSource, n_images: int) -> Tuple[int, int, bool]:
+        """(min tiles, max tiles, thumbnail) for one of `n_images` images of a sample from `source`."""
+        max_patch = source.max_dynamic_patch or self.image.max_dynamic_patch
+        min_patch = source.min_dynamic_patch or self.image.min_dynamic_patch
+        thumbnail = self.image.use_thumbnail if source.use_thumbnail is None else source.use_thumbnail
+        max_tiles = tile_budget(max_patch, n_images)
+        return min(min_patch, max_tiles), max_tiles, thumbnail
+
+    # ---- loading ------------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def where(self, index: int) -> str:
+        """`annotation:line` of the sample at `index`."""
+        line = self._index[index]
+        return f'{self.sources[self._source_ids[line]].annotation}:{self._line_numbers[line]}'
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        for attempt in range(len(self)):
+            position = (index + attempt) % len(self)
+            try:
+                return self.load(position)
+            except SampleError as error:
+                message = f'{self.where(position)}: {error}'
+                if not self.skip_bad_samples:
+                    raise DataError(message + ' (pass skip_bad_samples=True to use the next sample instead)') from None
+                self._warn_once(position, f'{message}; using the next sample instead')
+            except _Dropped as dropped:
+                self._warn_once(position, f'{self.where(position)}: {dropped}; using the next sample instead')
+        raise DataError(f'no sample of the {len(self)} could be loaded')
+
+    def _warn_once(self, position: int, message: str) -> None:
+        line = int(self._index[position])
+        if line not in self._warned:
+            self._warned.add(line)
+            logger.warning(message)
+
+    def load(self, index: int, rng: Optional[random.Random] = None) -> Dict[str, Any]:
+        """The sample at `index` as tensors; raises SampleError for bad media, _Dropped when it cannot fit."""
+        rng = rng or random.Random(random.getrandbits(64))
+        line = self._index[index]
+        source = self.sources[self._source_ids[line]]
+        sample = parse_sample(self._store[line], source.root)
+        augment = self.data_augment if source.data_augment is None else source.data_augment
+        if sample.video is not None:
+            encoded, tiles = self._load_video(sample, rng)
+        elif sample.images:
+            encoded, tiles = self._load_images(sample, source)
+        else:
+            encoded, tiles = self._fit(self.encoder.encode(sample.system, sample.turns, [])), []
+        if augment:
+            tiles = [jpeg_recompress(tile, rng) for tile in tiles]
+        size = self.image.image_size
+        pixel_values = tiles_to_tensor(tiles) if tiles else torch.zeros(0, 3, size, size, dtype=torch.uint8)
+        return {'input_ids': torch.tensor(encoded.input_ids, dtype=torch.long),
+                'labels': torch.tensor(encoded.labels, dtype=torch.long),
+                'pixel_values': pixel_values, 'image_flags': torch.ones(len(tiles), dtype=torch.long),
+                'pad_token_id': self.pad_token_id}
+
+    def _fit(self, encoded: Encoded) -> Encoded:
+        """The length policy: cut only text after the last image, and only if an answer token remains."""
+        if len(encoded.input_ids) <= self.max_length:
+            return encoded
+        if encoded.image_ends and encoded.image_ends[-1] > self.max_length:
+            raise _Dropped(f'{len(encoded.input_ids)} tokens with an image ending at token '
+                           f'{encoded.image_ends[-1]}, past max_length {self.max_length}; dropped')
+        labels = encoded.labels[:self.max_length]
+        if all(label == IGNORE_INDEX for label in labels[1:]):
+            raise _Dropped(f'{len(encoded.input_ids)} tokens and no answer token within max_length '
+                           f'{self.max_length}; dropped')
+        return Encoded(encoded.input_ids[:self.max_length], labels, encoded.image_ends)
+
+    def _load_images(self, sample: Sample, source: DataSource) -> Tuple[Encoded, List[Image.Image]]:
+        """Tile counts come from the image headers, so a sample that will be dropped is never decoded."""
+        images = [self._open_image(path) for path in sample.images]
+        min_tiles, max_tiles, thumbnail = self._tiling(source, len(images))
+        size = self.image.image_size
+        counts = [count_tiles(image.width, image.height, min_tiles, max_tiles, size, thumbnail)
+                  if self.image.dynamic_image_size else 1 for image in images]
+        encoded = self._fit(self.encoder.encode(sample.system, sample.turns,
+                                                [n * self.image.tokens_per_tile for n in counts]))
+        tiles = []
+        for path, image in zip(sample.images, images):
+            try:
+                image = image.convert('RGB')
+            except (OSError, ValueError) as error:
+                raise SampleError(f'cannot decode image {path} ({type(error).__name__}: {error})') from None
+            if self.image.dynamic_image_size:
+                tiles += dynamic_tiles(image, min_tiles, max_tiles, size, thumbnail)
+            else:
+                tiles.append(resize_tile(image, size))
+        return encoded, tiles
+
+    @staticmethod
+    def _open_image(path: str) -> Image.Image:
+        """Reads the header only; pixels are decoded on first use."""
+        try:
+            return Image.open(path)
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            raise SampleError(f'cannot open image {path} ({type(error).__name__}: {error})') from None
+
+    def _load_video(self, sample: Sample, rng: random.Random) -> Tuple[Encoded, List[Image.Image]]:
+        try:
+            total, read_frames = open_video(sample.video, sample.clip)
+        except (OSError, ValueError) as error:
+            raise SampleError(str(error)) from None
+        n_frames = min(rng.randint(self.min_num_frames, self.max_num_frames), total)
+        per_tile = self.image.tokens_per_tile
+        while True:  # fewer frames until the sample fits: frames are sampled, never cut
+            encoded = self.encoder.encode(sample.system, expand_video(sample.turns, n_frames), [per_tile] * n_frames)
+            over = len(encoded.input_ids) - self.max_length
+            if over <= 0 or n_frames == 1:
+                break
+            n_frames = max(1, n_frames - -(-over // (per_tile + 2)))
+        encoded = self._fit(encoded)
+        try:
+            frames = read_frames(sample_frame_indices(n_frames, total, rng))
+        except (OSError, ValueError) as error:
+            raise SampleError(str(error)) from None
+        return encoded, [resize_tile(frame, self.image.image_size) for frame in frames]

@@ -1,0 +1,46 @@
+"""Checkpoint folders as files: hub ids, JSON with positions in errors, the tokenizer. Both wings read these."""
+import json
+import os
+import re
+from typing import Any, Dict
+
+_REPO_ID = re.compile(r'^[A-Za-z0-9][\w.-]*/[\w.-]+$')
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local folder as is; a hub repo id (`OpenGVLab/InternVL2_5-8B`) through huggingface_hub's cache/download."""
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    if os.path.exists(name_or_path):
+        raise NotADirectoryError(f"model_path '{name_or_path}' is a file; expected a checkpoint folder")
+    if not _REPO_ID.match(name_or_path):
+        raise FileNotFoundError(f"model_path '{name_or_path}' does not exist")
+    from huggingface_hub import snapshot_download
+    try:
+        return snapshot_download(name_or_path, local_files_only=True)
+    except Exception:  # not cached (yet): try the hub itself below
+        pass
+    try:
+        return snapshot_download(name_or_path)
+    except Exception as error:
+        raise FileNotFoundError(
+            f"model_path '{name_or_path}' is neither a local folder nor in the Hugging Face cache, and downloading it "
+            f'failed ({type(error).__name__}); download it where the hub is reachable or pass a local folder') from None
+
+
+def read_json(path: str) -> Dict[str, Any]:
+    try:
+        with open(path, encoding='utf-8') as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f'{path} does not exist') from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f'{path}:{error.lineno}: invalid JSON ({error.msg})') from None
+
+
+def load_tokenizer(folder: str) -> Any:
+    """The checkpoint's tokenizer; remote code only where the tokenizer class needs it (InternLM2's)."""
+    from transformers import AutoTokenizer
+    tokenizer_config = os.path.join(folder, 'tokenizer_config.json')
+    remote = os.path.isfile(tokenizer_config) and 'auto_map' in read_json(tokenizer_config)
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)
