@@ -17,3 +17,24 @@ def image_batch(model, text_before: str = 'What colour is it?', answer: str = 'r
     pixel_values = torch.randn(tiles, 3, 448, 448)
     return {'input_ids': ids, 'labels': labels, 'pixel_values': pixel_values,
             'image_flags': torch.ones(tiles, dtype=torch.long), 'attention_mask': torch.ones_like(ids)}
+
+
+def write_jsonl(path, records) -> str:
+    """Records (dicts, or raw strings for malformed lines) one per line."""
+    import json
+    with open(path, 'w', encoding='utf-8') as f:
+        for record in records:
+            f.write((record if isinstance(record, str) else json.dumps(record, ensure_ascii=False)) + '\n')
+    return str(path)
+
+
+def save_image(path, width: int, height: int, seed: int = 0) -> str:
+    import numpy as np
+    from PIL import Image
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+def qa(question: str = '<image>\nWhat is it?', answer: str = 'A cat.', **fields):
+    return {**fields, 'conversations': [{'from': 'human', 'value': question}, {'from': 'gpt', 'value': answer}]}

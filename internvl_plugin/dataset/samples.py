@@ -67,12 +67,11 @@ def _turns(record: dict) -> Tuple[Optional[str], List[Turn]]:
 def _sizes(record: dict, n_images: int) -> List[Optional[Tuple[int, int]]]:
     if 'width' not in record or 'height' not in record or not n_images:
         return [None] * n_images
-    widths, heights = record['width'], record['height']
-    if n_images == 1 and not isinstance(widths, list):
-        widths, heights = [widths], [heights]
+    given = record['width'], record['height']
+    widths, heights = ([v] for v in given) if n_images == 1 and not isinstance(given[0], list) else given
     if not (isinstance(widths, list) and isinstance(heights, list) and len(widths) == len(heights) == n_images
             and all(isinstance(v, int) and v > 0 for v in widths + heights)):
-        raise SampleError(f'width/height are {widths!r}/{heights!r}; expected positive integers, one per image')
+        raise SampleError(f'width/height are {given[0]!r}/{given[1]!r}; expected positive integers, one per image')
     return list(zip(widths, heights))
 
 

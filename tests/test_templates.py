@@ -1,0 +1,163 @@
+"""Token-exact prompts and labels for the four templates, written out by hand from the official strings."""
+import pytest
+
+from internvl_plugin.dataset.templates import IGNORE_INDEX, TemplateEncoder, Turn, get_template
+from internvl_plugin.files import load_tokenizer
+
+OLD_SYSTEM = '你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。'
+NEW_SYSTEM = '你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。'
+SPAN = '<img>' + '<IMG_CONTEXT>' * 5 + '</img>'
+
+# (template, family whose tiny tokenizer it is used with, expected string for one image question and answer)
+SINGLE = {
+    'internlm2-chat': ('internlm2', f'<|im_start|>system\n{OLD_SYSTEM}<|im_end|><|im_start|>user\n{SPAN}\nWhat is it?'
+                                    '<|im_end|><|im_start|>assistant\nA red circle.<|im_end|>'),
+    'Hermes-2': ('llama', f'<|im_start|>system\n{OLD_SYSTEM}<|im_end|><|im_start|>user\n{SPAN}\nWhat is it?'
+                          '<|im_end|><|im_start|>assistant\nA red circle.<|im_end|>'),
+    'phi3-chat': ('phi3', f'<|system|>\n{OLD_SYSTEM}<|end|><|user|>\n{SPAN}\nWhat is it?<|end|><|assistant|>\n'
+                          'A red circle.<|end|>'),
+}
+END = {'internlm2-chat': '<|im_end|>', 'Hermes-2': '<|im_end|>', 'phi3-chat': '<|end|>', 'internvl2_5': '<|im_end|>'}
+
+
+@pytest.fixture(scope='module')
+def tokenizers(tiny_checkpoint):
+    return {family: load_tokenizer(tiny_checkpoint(family)) for family in ('qwen2', 'internlm2', 'phi3', 'llama')}
+
+
+def supervised(tokenizer, ids, labels):
+    """The supervised tokens, decoded, and checked to be the ids at their positions."""
+    kept = [(i, label) for i, label in enumerate(labels) if label != IGNORE_INDEX]
+    assert all(ids[i] == label for i, label in kept)
+    return tokenizer.decode([label for _, label in kept])
+
+
+@pytest.mark.parametrize('name', sorted(SINGLE))
+def test_whole_string_templates_give_the_ids_of_the_official_prompt(tokenizers, name):
+    family, expected = SINGLE[name]
+    tokenizer = tokenizers[family]
+    encoded = TemplateEncoder(get_template(name), tokenizer).encode(
+        None, [Turn('human', '<image>\nWhat is it?'), Turn('gpt', 'A red circle.')], [5])
+    assert encoded.input_ids == tokenizer(expected)['input_ids']
+    assert supervised(tokenizer, encoded.input_ids, encoded.labels) == 'A red circle.' + END[name]
+    answer_ids = tokenizer('A red circle.' + END[name], add_special_tokens=False)['input_ids']
+    assert encoded.labels[-len(answer_ids):] == answer_ids
+    assert encoded.labels[:-len(answer_ids)] == [IGNORE_INDEX] * (len(encoded.labels) - len(answer_ids))
+
+
+@pytest.mark.parametrize('family', ['qwen2', 'internlm2'])
+def test_internvl2_5_tokenises_each_turn_and_masks_the_newline(tokenizers, family):
+    tokenizer = tokenizers[family]
+    turns = [Turn('human', '<image>\nWhat is it?'), Turn('gpt', 'A red circle.'),
+             Turn('human', 'And its colour?'), Turn('gpt', 'red')]
+    pieces = [f'<|im_start|>system\n{NEW_SYSTEM}<|im_end|>\n', f'<|im_start|>user\n{SPAN}\nWhat is it?<|im_end|>\n',
+              '<|im_start|>assistant\nA red circle.<|im_end|>\n', '<|im_start|>user\nAnd its colour?<|im_end|>\n',
+              '<|im_start|>assistant\nred<|im_end|>\n']
+    bos = [tokenizer.bos_token_id] if family == 'internlm2' else []
+    expected_ids = bos + [i for piece in pieces for i in tokenizer(piece, add_special_tokens=False)['input_ids']]
+    encoded = TemplateEncoder(get_template('internvl2_5'), tokenizer).encode(None, turns, [5])
+    assert encoded.input_ids == expected_ids
+    assert supervised(tokenizer, encoded.input_ids, encoded.labels) == 'A red circle.<|im_end|>red<|im_end|>'
+    newline = tokenizer('\n', add_special_tokens=False)['input_ids']
+    assert encoded.input_ids[-1:] == newline and encoded.labels[-1] == IGNORE_INDEX
+
+
+def test_multi_turn_internlm2_chat_strips_messages_as_official_code(tokenizers):
+    tokenizer = tokenizers['internlm2']
+    turns = [Turn('human', '  <image>\nWhat is it?  '), Turn('gpt', ' A cat. \n'),
+             Turn('human', 'Colour?'), Turn('gpt', 'black')]
+    encoded = TemplateEncoder(get_template('internlm2_chat'), tokenizer).encode(None, turns, [5])
+    expected = (f'<|im_start|>system\n{OLD_SYSTEM}<|im_end|><|im_start|>user\n{SPAN}\nWhat is it?<|im_end|>'
+                '<|im_start|>assistant\nA cat.<|im_end|><|im_start|>user\nColour?<|im_end|>'
+                '<|im_start|>assistant\nblack<|im_end|>')
+    assert encoded.input_ids == tokenizer(expected)['input_ids']
+    assert supervised(tokenizer, encoded.input_ids, encoded.labels) == 'A cat.<|im_end|>black<|im_end|>'
+
+
+def test_hermes2_keeps_messages_unstripped(tokenizers):
+    tokenizer = tokenizers['llama']
+    turns = [Turn('human', 'Hi '), Turn('gpt', 'Yes ')]
+    encoded = TemplateEncoder(get_template('hermes2'), tokenizer).encode(None, turns, [])
+    expected = (f'<|im_start|>system\n{OLD_SYSTEM}<|im_end|><|im_start|>user\nHi <|im_end|>'
+                '<|im_start|>assistant\nYes <|im_end|>')
+    assert encoded.input_ids == tokenizer(expected)['input_ids']
+
+
+def test_multi_image_spans_take_each_images_tile_count_in_order(tokenizers):
+    tokenizer = tokenizers['qwen2']
+    encoder = TemplateEncoder(get_template('internvl2_5'), tokenizer)
+    turns = [Turn('human', 'Image-1: <image>\nImage-2: <image>\nSame?'), Turn('gpt', 'No')]
+    encoded = encoder.encode(None, turns, [3, 7])
+    user = ('<|im_start|>user\nImage-1: <img>' + '<IMG_CONTEXT>' * 3 + '</img>\nImage-2: <img>' + '<IMG_CONTEXT>' * 7
+            + '</img>\nSame?<|im_end|>\n')
+    expected = [i for piece in [f'<|im_start|>system\n{NEW_SYSTEM}<|im_end|>\n', user,
+                                '<|im_start|>assistant\nNo<|im_end|>\n']
+                for i in tokenizer(piece, add_special_tokens=False)['input_ids']]
+    assert encoded.input_ids == expected
+    assert len(encoded.image_ends) == 2 and encoded.input_ids[encoded.image_ends[1] - 1] == encoder.img_end_id
+    context = encoded.input_ids.count(encoder.img_context_id)
+    assert context == 10
+
+
+def test_system_turn_overrides_the_template_system_prompt(tokenizers):
+    tokenizer = tokenizers['qwen2']
+    encoder = TemplateEncoder(get_template('internvl2_5'), tokenizer)
+    encoded = encoder.encode('You are a cat.', [Turn('human', 'Hi'), Turn('gpt', 'Meow')], [])
+    expected = [i for piece in ['<|im_start|>system\nYou are a cat.<|im_end|>\n', '<|im_start|>user\nHi<|im_end|>\n',
+                                '<|im_start|>assistant\nMeow<|im_end|>\n']
+                for i in tokenizer(piece, add_special_tokens=False)['input_ids']]
+    assert encoded.input_ids == expected
+    phi3 = TemplateEncoder(get_template('phi3-chat'), tokenizers['phi3']).encode(
+        'Be brief.', [Turn('human', 'Hi'), Turn('gpt', 'Hello')], [])
+    assert phi3.input_ids == tokenizers['phi3']('<|system|>\nBe brief.<|end|><|user|>\nHi<|end|><|assistant|>\n'
+                                                 'Hello<|end|>')['input_ids']
+
+
+def test_video_frames_are_written_as_official_frame_lines(tokenizers):
+    from internvl_plugin.dataset.samples import expand_video
+    tokenizer = tokenizers['internlm2']
+    turns = expand_video([Turn('human', '<video>\nWhat happens?'), Turn('gpt', 'It rolls.')], 3)
+    assert turns[0].text == 'Frame-1: <image>\nFrame-2: <image>\nFrame-3: <image>\nWhat happens?'
+    encoded = TemplateEncoder(get_template('internlm2-chat'), tokenizer).encode(None, turns, [5, 5, 5])
+    expected = (f'<|im_start|>system\n{OLD_SYSTEM}<|im_end|><|im_start|>user\nFrame-1: {SPAN}\nFrame-2: {SPAN}\n'
+                f'Frame-3: {SPAN}\nWhat happens?<|im_end|><|im_start|>assistant\nIt rolls.<|im_end|>')
+    assert encoded.input_ids == tokenizer(expected)['input_ids']
+
+
+def test_grounding_text_passes_through_untouched(tokenizers):
+    tokenizer = tokenizers['qwen2']
+    answer = '<ref>cat</ref><box>[[120, 340, 560, 780]]</box>'
+    encoded = TemplateEncoder(get_template('internvl2_5'), tokenizer).encode(
+        None, [Turn('human', 'Where is the cat?'), Turn('gpt', answer)], [])
+    assert supervised(tokenizer, encoded.input_ids, encoded.labels) == answer + '<|im_end|>'
+
+
+class _SlowView:
+    """The same tokenizer seen as a slow one (no offsets): labels must come out the same."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self.is_fast = False
+
+    def __call__(self, text, **kwargs):
+        assert 'return_offsets_mapping' not in kwargs
+        return self._tokenizer(text, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
+@pytest.mark.parametrize('name,family', [('internlm2-chat', 'internlm2'), ('internvl2_5', 'qwen2'),
+                                         ('phi3-chat', 'phi3')])
+def test_slow_tokenizers_get_the_same_labels_from_prefix_lengths(tokenizers, name, family):
+    turns = [Turn('human', '<image>\nWhat is it?'), Turn('gpt', 'A red circle.'), Turn('human', 'Sure?'),
+             Turn('gpt', 'Yes, sure.')]
+    fast = TemplateEncoder(get_template(name), tokenizers[family]).encode(None, turns, [4])
+    slow = TemplateEncoder(get_template(name), _SlowView(tokenizers[family])).encode(None, turns, [4])
+    assert slow.input_ids == fast.input_ids and slow.labels == fast.labels
+    assert supervised(tokenizers[family], fast.input_ids, fast.labels) == f'A red circle.{END[name]}Yes, sure.{END[name]}'
+
+
+def test_unknown_template_names_the_choices():
+    with pytest.raises(ValueError, match=r"unknown template 'chatml'; expected one of \[.*'internvl2_5'"):
+        get_template('chatml')
