@@ -44,3 +44,12 @@ def load_tokenizer(folder: str) -> Any:
     tokenizer_config = os.path.join(folder, 'tokenizer_config.json')
     remote = os.path.isfile(tokenizer_config) and 'auto_map' in read_json(tokenizer_config)
     return AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)
+
+
+def plain_config(value: Any) -> Any:
+    """ConfigDict / lazy config values -> plain Python containers."""
+    if isinstance(value, dict):
+        return {k: plain_config(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain_config(v) for v in value)
+    return value

@@ -8,7 +8,7 @@ import logging
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from ..files import load_tokenizer, read_json, resolve_model_path
 from .image import count_tiles, dynamic_tiles, jpeg_recompress, resize_tile, tile_budget, tiles_to_tensor
 from .samples import Sample, SampleError, expand_video, missing_media, parse_sample
 from .sources import DataError, DataSource, LineStore, read_annotation, read_meta, repeat_indices, xtuner_sources
-from .templates import IGNORE_INDEX, Encoded, TemplateEncoder, Turn, get_template
+from .templates import IGNORE_INDEX, IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, Encoded, TemplateEncoder, Turn, get_template
 from .video import open_video, sample_frame_indices
 
 logger = logging.getLogger('internvl_plugin')
@@ -54,8 +54,23 @@ class ImageSettings:
                    max_dynamic_patch=config.get('max_dynamic_patch', defaults.max_dynamic_patch))
 
 
-class _Dropped(Exception):
-    """A sample that is skipped at load time (over-long, or bad with skip_bad_samples)."""
+@dataclass
+class ScanRow:
+    """One stored line as `InternVL_V1_5_Dataset.scan` sees it."""
+    line: int
+    source: DataSource
+    sample: Sample
+    text_tokens: int
+    image_tokens: int
+    tiles: List[int]
+
+
+class SampleDropped(Exception):
+    """A sample that cannot fit max_length without cutting an image or every answer; the next one replaces it."""
+
+
+def _without_placeholders(text: str) -> str:
+    return text.replace(IMAGE_PLACEHOLDER, '').replace(VIDEO_PLACEHOLDER, '')
 
 
 def _build_tokenizer(tokenizer: Any) -> Any:
@@ -195,46 +210,50 @@ class InternVL_V1_5_Dataset(Dataset):
 
     def _estimate_lengths(self) -> np.ndarray:
         lengths = np.zeros(len(self._store), dtype=np.int64)
-        texts, positions = [], []
-        media = np.zeros(len(self._store), dtype=np.int64)
-        has_media = np.zeros(len(self._store), dtype=bool)
+        for row in self.scan():
+            total = row.sample.length if row.sample.length is not None else row.text_tokens + row.image_tokens
+            lengths[row.line] = total if row.sample.images or row.sample.video is not None else -total
+        return lengths
+
+    def scan(self, image_sizes: Optional[Callable[[int, Sample], List[Optional[Tuple[int, int]]]]] = None,
+             count_known_lengths: bool = False, chunk: int = 1024) -> Iterator['ScanRow']:
+        """Every stored line once, with text tokens (tokenised in batches) and tiles per image.
+
+        Tiles come from the line's width/height, or from `image_sizes(line, sample)` (e.g. image headers), else
+        the tile budget is assumed. Lines with a `length` skip tokenisation unless `count_known_lengths`.
+        """
         overhead = len(self.encoder.encode(None, [], []).input_ids)
-        per_turn = self._per_turn_overhead()
-        for i in range(len(self._store)):
-            source = self.sources[self._source_ids[i]]
-            sample = parse_sample(self._store[i], source.root)
-            has_media[i] = bool(sample.images) or sample.video is not None
-            if sample.length is not None:
-                lengths[i] = sample.length
-                continue
-            media[i] = self._media_tokens(sample, source)
-            texts.append('\n'.join(turn.text for turn in sample.turns))
-            positions.append((i, overhead + per_turn * len(sample.turns)))
-        for start in range(0, len(texts), 1024):
-            batch = self.tokenizer(texts[start:start + 1024], add_special_tokens=False)['input_ids']
-            for (i, fixed), ids in zip(positions[start:start + 1024], batch):
-                lengths[i] = fixed + len(ids) + media[i]
-        return np.where(has_media, lengths, -lengths)
+        one_token = len(self.tokenizer('a', add_special_tokens=False)['input_ids'])
+        per_turn = (len(self.encoder.encode(None, [Turn('human', 'a'), Turn('gpt', 'a')], []).input_ids)
+                    - overhead - 2 * one_token) // 2
+        for start in range(0, len(self._store), chunk):
+            part = []
+            for line in range(start, min(start + chunk, len(self._store))):
+                source = self.sources[self._source_ids[line]]
+                part.append((line, source, parse_sample(self._store[line], source.root)))
+            texts = ['\n'.join(_without_placeholders(turn.text) for turn in sample.turns) for _, _, sample in part
+                     if count_known_lengths or sample.length is None]
+            counts = iter(self.tokenizer(texts, add_special_tokens=False)['input_ids'] if texts else [])
+            for line, source, sample in part:
+                text_tokens = (overhead + per_turn * len(sample.turns) + len(next(counts)) - (len(sample.turns) - 1)
+                               if count_known_lengths or sample.length is None else 0)
+                sizes = image_sizes(line, sample) if image_sizes is not None else sample.sizes
+                tiles = self.tiles_per_image(sample, source, sizes)
+                yield ScanRow(line, source, sample, text_tokens,
+                              sum(n * self.image.tokens_per_tile + 2 for n in tiles), tiles)
 
-    def _per_turn_overhead(self) -> int:
-        one = self.encoder.encode(None, [Turn('human', 'a'), Turn('gpt', 'a')], []).input_ids
-        return (len(one) - len(self.encoder.encode(None, [], []).input_ids)) // 2
-
-    def _media_tokens(self, sample: Sample, source: DataSource) -> int:
-        per_tile = self.image.tokens_per_tile
+    def tiles_per_image(self, sample: Sample, source: DataSource,
+                        sizes: Sequence[Optional[Tuple[int, int]]]) -> List[int]:
+        """Tiles of each image (or video frame) without decoding: exact from sizes, the budget without them."""
         if sample.video is not None:
-            return self.max_num_frames * (per_tile + 2)
+            return [1] * self.max_num_frames
         min_tiles, max_tiles, thumbnail = self._tiling(source, len(sample.images))
-        total = 0
-        for size in sample.sizes:
-            if not self.image.dynamic_image_size:
-                tiles = 1
-            elif size is None:
-                tiles = max_tiles + (1 if thumbnail and max_tiles > 1 else 0)
-            else:
-                tiles = count_tiles(size[0], size[1], min_tiles, max_tiles, self.image.image_size, thumbnail)
-            total += tiles * per_tile + 2
-        return total
+        if not self.image.dynamic_image_size:
+            return [1] * len(sample.images)
+        budget = max_tiles + (1 if thumbnail and max_tiles > 1 else 0)
+        return [budget if size is None else
+                count_tiles(size[0], size[1], min_tiles, max_tiles, self.image.image_size, thumbnail)
+                for size in sizes]
 
     def _tiling(self, source: DataSource, n_images: int) -> Tuple[int, int, bool]:
         """(min tiles, max tiles, thumbnail) for one of `n_images` images of a sample from `source`."""
@@ -251,8 +270,14 @@ class InternVL_V1_5_Dataset(Dataset):
 
     def where(self, index: int) -> str:
         """`annotation:line` of the sample at `index`."""
-        line = self._index[index]
-        return f'{self.sources[self._source_ids[line]].annotation}:{self._line_numbers[line]}'
+        return self.where_line(int(self._index[index]))
+
+    def where_line(self, line: int) -> str:
+        return f'{self.sources[self._source_ids[line]].annotation}:{self.line_number(line)}'
+
+    def line_number(self, line: int) -> int:
+        """The annotation file line a stored line came from."""
+        return int(self._line_numbers[line])
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
         for attempt in range(len(self)):
@@ -264,7 +289,7 @@ class InternVL_V1_5_Dataset(Dataset):
                 if not self.skip_bad_samples:
                     raise DataError(message + ' (pass skip_bad_samples=True to use the next sample instead)') from None
                 self._warn_once(position, f'{message}; using the next sample instead')
-            except _Dropped as dropped:
+            except SampleDropped as dropped:
                 self._warn_once(position, f'{self.where(position)}: {dropped}; using the next sample instead')
         raise DataError(f'no sample of the {len(self)} could be loaded')
 
@@ -275,9 +300,12 @@ class InternVL_V1_5_Dataset(Dataset):
             logger.warning(message)
 
     def load(self, index: int, rng: Optional[random.Random] = None) -> Dict[str, Any]:
-        """The sample at `index` as tensors; raises SampleError for bad media, _Dropped when it cannot fit."""
+        """The sample at `index` as tensors; raises SampleError for bad media, SampleDropped when it cannot fit."""
+        return self.load_line(int(self._index[index]), rng)
+
+    def load_line(self, line: int, rng: Optional[random.Random] = None) -> Dict[str, Any]:
+        """As `load`, by stored line (each annotation line once, before repeat factors)."""
         rng = rng or random.Random(random.getrandbits(64))
-        line = self._index[index]
         source = self.sources[self._source_ids[line]]
         sample = parse_sample(self._store[line], source.root)
         augment = self.data_augment if source.data_augment is None else source.data_augment
@@ -301,11 +329,11 @@ class InternVL_V1_5_Dataset(Dataset):
         if len(encoded.input_ids) <= self.max_length:
             return encoded
         if encoded.image_ends and encoded.image_ends[-1] > self.max_length:
-            raise _Dropped(f'{len(encoded.input_ids)} tokens with an image ending at token '
+            raise SampleDropped(f'{len(encoded.input_ids)} tokens with an image ending at token '
                            f'{encoded.image_ends[-1]}, past max_length {self.max_length}; dropped')
         labels = encoded.labels[:self.max_length]
         if all(label == IGNORE_INDEX for label in labels[1:]):
-            raise _Dropped(f'{len(encoded.input_ids)} tokens and no answer token within max_length '
+            raise SampleDropped(f'{len(encoded.input_ids)} tokens and no answer token within max_length '
                            f'{self.max_length}; dropped')
         return Encoded(encoded.input_ids[:self.max_length], labels, encoded.image_ends)
 

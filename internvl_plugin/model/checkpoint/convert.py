@@ -3,6 +3,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from ...files import plain_config
 from .export import DEFAULT_MAX_SHARD_BYTES, save_hf, save_official
 from .trained import apply_trained_state, load_trained_state
 
@@ -13,25 +14,16 @@ _DATASET_TO_CONFIG = {'template': 'template', 'min_dynamic_patch': 'min_dynamic_
                       'image_size': 'force_image_size', 'dynamic_image_size': 'dynamic_image_size'}
 
 
-def _plain(value: Any) -> Any:
-    """ConfigDict / lazy config values -> plain Python containers."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v) for v in value)
-    return value
-
-
 def training_settings(cfg: Any) -> Dict[str, Any]:
     """Template and tiling settings of the training dataset, in config.json names."""
     dataset = cfg.get('train_dataloader', {}).get('dataset', {}) if hasattr(cfg, 'get') else {}
-    return {dst: _plain(dataset[src]) for src, dst in _DATASET_TO_CONFIG.items() if dataset.get(src) is not None}
+    return {dst: plain_config(dataset[src]) for src, dst in _DATASET_TO_CONFIG.items() if dataset.get(src) is not None}
 
 
 def build_model_for_export(cfg: Any, dtype: torch.dtype):
     """The config's model, unquantised and without activation checkpointing, ready to take trained weights."""
     from ..internvl import InternVL_V1_5
-    fields = _plain(dict(cfg.model))
+    fields = plain_config(dict(cfg.model))
     model_type = fields.pop('type', InternVL_V1_5)
     if getattr(model_type, '__name__', model_type) != 'InternVL_V1_5':
         raise ValueError(f'the config builds {model_type}; expected model=dict(type=InternVL_V1_5, ...)')

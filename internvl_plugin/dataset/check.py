@@ -1,0 +1,166 @@
+"""Validate training data without training: counts, tiles, token-length percentiles, and every problem."""
+import json
+import os
+import random
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+from PIL import Image
+
+from ..files import plain_config
+from .internvl_dataset import InternVL_V1_5_Dataset, SampleDropped
+from .samples import Sample, SampleError
+from .sources import read_annotation
+
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass
+class SourceReport:
+    name: str
+    annotation: str
+    samples: int = 0
+    kinds: Dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    images: int = 0
+    videos: int = 0
+    tiles: int = 0
+    text: List[int] = field(default_factory=list)
+    image: List[int] = field(default_factory=list)
+    total: List[int] = field(default_factory=list)
+    lengths: Dict[int, int] = field(default_factory=dict)   # annotation line -> total tokens
+
+
+@dataclass
+class DataReport:
+    sources: List[SourceReport]
+    problems: List[str]
+    max_length: int
+    over_length: int = 0
+    dropped: int = 0
+
+
+def dataset_kwargs(inputs: List[str], overrides: Dict[str, Any]) -> Dict[str, Any]:
+    """InternVL_V1_5_Dataset arguments from a training config, or from a meta JSON and/or json/jsonl files."""
+    if len(inputs) == 1 and inputs[0].endswith('.py'):
+        from mmengine.config import Config
+        dataset = plain_config(dict(Config.fromfile(inputs[0]).get('train_dataloader', {}).get('dataset', {})))
+        if not dataset:
+            raise ValueError(f'{inputs[0]}: no train_dataloader.dataset to check')
+        dataset.pop('type', None)
+        kwargs = dataset
+    else:
+        metas = [path for path in inputs if _is_meta_json(path)]
+        if len(metas) > 1:
+            raise ValueError(f'give one meta JSON at a time, not {metas}')
+        data = [path for path in inputs if path not in metas]
+        kwargs = {'meta_path': metas[0] if metas else None, 'data_paths': data or None}
+    kwargs.update({key: value for key, value in overrides.items() if value is not None})
+    return kwargs
+
+
+def _is_meta_json(path: str) -> bool:
+    """A .json holding an object (InternVL's meta file) rather than a list of samples."""
+    if not path.endswith('.json') or not os.path.isfile(path):
+        return False
+    with open(path, encoding='utf-8') as f:
+        head = f.read(4096).lstrip()
+    return head.startswith('{')
+
+
+def _header_sizes(sample: Sample, where: str, problems: List[str]) -> List[Optional[Tuple[int, int]]]:
+    """Sizes from the line where given, else from each image's header (no pixels decoded)."""
+    found = []
+    for path, given in zip(sample.images, sample.sizes):
+        if given is not None:
+            found.append(given)
+            continue
+        try:
+            with Image.open(path) as image:
+                found.append(image.size)
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            problems.append(f'{where}: cannot open image {path} ({type(error).__name__})')
+            found.append(None)
+    return found
+
+
+def check_dataset(dataset_kwargs: Dict[str, Any], decode: bool = False) -> DataReport:
+    """Builds the dataset leniently (bad lines become problems) and measures every annotation line once.
+
+    Image sizes come from the line's width/height or the image header; `decode` also runs the full loading path
+    (pixels, video frames, the length policy) on each line.
+    """
+    dataset = InternVL_V1_5_Dataset(**{**dataset_kwargs, 'skip_bad_samples': True})
+    problems = list(dataset.skipped_problems)
+    reports = {source.annotation: SourceReport(source.name, source.annotation) for source in dataset.sources}
+    report = DataReport(list(reports.values()), problems, dataset.max_length)
+    sizes = (lambda line, sample: _header_sizes(sample, dataset.where_line(line), problems))
+    for row in dataset.scan(image_sizes=sizes, count_known_lengths=True):
+        where = dataset.where_line(row.line)
+        source_report = reports[row.source.annotation]
+        sample = row.sample
+        source_report.samples += 1
+        source_report.kinds[sample.kind] += 1
+        source_report.images += len(sample.images)
+        source_report.videos += sample.video is not None
+        source_report.tiles += sum(row.tiles)
+        total = row.text_tokens + row.image_tokens
+        source_report.text.append(row.text_tokens)
+        source_report.image.append(row.image_tokens)
+        source_report.total.append(total)
+        source_report.lengths[dataset.line_number(row.line)] = total
+        report.over_length += total > dataset.max_length
+        if decode:
+            try:
+                dataset.load_line(row.line, random.Random(0))
+            except SampleError as error:
+                problems.append(f'{where}: {error}')
+            except SampleDropped:
+                report.dropped += 1
+    return report
+
+
+def format_report(report: DataReport) -> str:
+    lines = []
+    for source in report.sources:
+        kinds = ', '.join(f'{kind} {source.kinds.get(kind, 0)}' for kind in ('text', 'image', 'multi-image', 'video'))
+        lines.append(f'{source.name} ({source.annotation}): {source.samples} usable samples ({kinds}); '
+                     f'{source.images} images, {source.videos} videos, {source.tiles} tiles')
+        if source.samples:
+            lines.append(f"  {'tokens':<8}" + ''.join(f'{f"p{p}":>8}' for p in PERCENTILES) + f"{'max':>8}")
+            for label, values in (('text', source.text), ('image', source.image), ('total', source.total)):
+                cells = ''.join(f'{int(np.percentile(values, p)):>8}' for p in PERCENTILES)
+                lines.append(f'  {label:<8}{cells}{max(values):>8}')
+    lines.append(f'samples over max_length {report.max_length}: {report.over_length}'
+                 + (f' ({report.dropped} would be dropped: an image or every answer past the limit)'
+                    if report.dropped else ''))
+    lines.append(f'problems: {len(report.problems)}')
+    lines += [f'  {problem}' for problem in report.problems]
+    return '\n'.join(lines)
+
+
+def write_lengths(report: DataReport) -> List[str]:
+    """Writes each usable line's total token count as its `length` field, atomically per file."""
+    written = []
+    for source in report.sources:
+        if not source.lengths:
+            continue
+        records = []
+        for number, text in read_annotation(source.annotation):
+            if number in source.lengths:
+                record = json.loads(text)
+                record['length'] = source.lengths[number]
+                text = json.dumps(record, ensure_ascii=False)
+            records.append(text)
+        if source.annotation.endswith('.json'):
+            content = '[\n' + ',\n'.join(records) + '\n]\n'
+        else:
+            content = '\n'.join(records) + '\n'
+        folder = os.path.dirname(os.path.abspath(source.annotation))
+        with tempfile.NamedTemporaryFile('w', encoding='utf-8', dir=folder, delete=False, suffix='.tmp') as f:
+            f.write(content)
+        os.replace(f.name, source.annotation)
+        written.append(source.annotation)
+    return written

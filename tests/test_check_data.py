@@ -1,0 +1,89 @@
+"""tools/check_data.py: the report, the exit status, --decode, --write-length, and config input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import qa, save_image, write_jsonl
+
+from internvl_plugin import InternVL_V1_5_Dataset
+from internvl_plugin.dataset.check import check_dataset, dataset_kwargs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_tool(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'check_data.py'), *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def data(tmp_path):
+    images = tmp_path / 'images'
+    images.mkdir()
+    save_image(images / 'wide.png', 900, 450)
+    save_image(images / 'square.png', 448, 448)
+    good = images / 'square.png'
+    (images / 'cut.png').write_bytes(good.read_bytes()[:len(good.read_bytes()) // 2])
+    write_jsonl(tmp_path / 'a.jsonl', [qa(image='wide.png'), qa(image='square.png'), qa('Hello', 'Hi'),
+                                       qa(image='cut.png'), '{broken', qa(image='nowhere.png')])
+    (tmp_path / 'meta.json').write_text(json.dumps({'photos': {'root': str(images), 'annotation': 'a.jsonl'}}))
+    return tmp_path
+
+
+def test_report_lists_counts_tiles_percentiles_and_every_problem(tiny_checkpoint, data):
+    result = run_tool(data / 'meta.json', '--model-path', tiny_checkpoint())
+    assert result.returncode == 1, result.stderr
+    out = result.stdout
+    # wide: 2x1 + thumbnail (the checkpoint's max 12); square: 1; cut.png's header still gives its size.
+    assert 'photos (' in out and '4 usable samples (text 1, image 3, multi-image 0, video 0); 3 images, 0 videos, ' \
+                                 '5 tiles' in out
+    assert 'p50' in out and 'p99' in out and '\n  total ' in out
+    assert 'samples over max_length 8192: 0' in out
+    assert 'problems: 2' in out
+    assert f"{data / 'a.jsonl'}:5: invalid JSON" in out
+    assert f"{data / 'a.jsonl'}:6: image {data / 'images' / 'nowhere.png'} does not exist" in out
+
+
+def test_decode_finds_images_that_only_fail_when_decoded(tiny_checkpoint, data):
+    result = run_tool(data / 'meta.json', '--model-path', tiny_checkpoint(), '--decode')
+    assert 'problems: 3' in result.stdout
+    assert f"{data / 'a.jsonl'}:4: cannot decode image {data / 'images' / 'cut.png'}" in result.stdout
+
+
+def test_clean_data_exits_zero_and_reports_over_length(tiny_checkpoint, data):
+    write_jsonl(data / 'clean.jsonl', [qa(image='images/wide.png'), qa('Hello', 'Hi')])
+    result = run_tool(data / 'clean.jsonl', '--model-path', tiny_checkpoint(), '--max-length', 500)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'samples over max_length 500: 1' in result.stdout and 'problems: 0' in result.stdout
+
+
+def test_write_length_stores_exact_totals_that_the_dataset_then_uses(tiny_checkpoint, data):
+    path = write_jsonl(data / 'clean.jsonl', [qa(image='images/wide.png'), qa(image='images/square.png'),
+                                              qa('Hello there', 'Hi')])
+    result = run_tool(path, '--model-path', tiny_checkpoint(), '--write-length')
+    assert result.returncode == 0 and f'wrote "length" fields to {path}' in result.stdout
+    records = [json.loads(line) for line in open(path)]
+    ds = InternVL_V1_5_Dataset(model_path=tiny_checkpoint(), data_paths=[path])
+    assert [r['length'] for r in records] == [len(ds[i]['input_ids']) for i in range(3)]
+    assert ds.modality_length == [records[0]['length'], records[1]['length'], -records[2]['length']]
+
+
+def test_a_training_config_is_checked_with_its_own_dataset_settings(tiny_checkpoint, data):
+    path = write_jsonl(data / 'clean.jsonl', [qa(image='images/wide.png')])
+    config = data / 'config.py'
+    config.write_text('from internvl_plugin import InternVL_V1_5_Dataset\n\n'
+                      f'train_dataloader = dict(dataset=dict(type=InternVL_V1_5_Dataset, model_path={tiny_checkpoint()!r},'
+                      f' data_paths=[{path!r}], max_dynamic_patch=1, max_length=2048))\n')
+    kwargs = dataset_kwargs([str(config)], {})
+    assert kwargs['max_dynamic_patch'] == 1 and 'type' not in kwargs
+    report = check_dataset(kwargs)
+    assert report.sources[0].tiles == 1 and report.max_length == 2048 and not report.problems
+    assert run_tool(config).returncode == 0
+
+
+def test_missing_meta_annotation_is_an_error_line(tiny_checkpoint, data):
+    (data / 'meta.json').write_text(json.dumps({'x': {'root': 'images', 'annotation': 'gone.jsonl'}}))
+    result = run_tool(data / 'meta.json', '--model-path', tiny_checkpoint())
+    assert result.returncode == 1 and 'gone.jsonl: annotation file does not exist' in result.stderr
