@@ -10,6 +10,8 @@ setup(
     install_requires=[
         'xtuner==0.2.0',
         'huggingface_hub',
+        'numpy',
+        'opencv-python',  # video decoding (mmengine depends on it too)
         'peft>=0.14',
         'pillow',
         'safetensors',
