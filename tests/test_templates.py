@@ -161,3 +161,9 @@ def test_slow_tokenizers_get_the_same_labels_from_prefix_lengths(tokenizers, nam
 def test_unknown_template_names_the_choices():
     with pytest.raises(ValueError, match=r"unknown template 'chatml'; expected one of \[.*'internvl2_5'"):
         get_template('chatml')
+
+
+def test_an_xtuner_prompt_template_dict_is_refused_with_the_way_out():
+    xtuner_internlm2_chat = {'SYSTEM': '<|im_start|>system\n{system}<|im_end|>\n', 'SUFFIX': '<|im_end|>'}
+    with pytest.raises(ValueError, match=r"XTuner PROMPT_TEMPLATE dict.*pass a name such as 'internlm2-chat'"):
+        get_template(xtuner_internlm2_chat)

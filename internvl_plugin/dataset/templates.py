@@ -48,6 +48,10 @@ _ALIASES = {'internlm2_chat': 'internlm2-chat', 'hermes2': 'Hermes-2', 'hermes-2
 
 def get_template(name: str) -> ChatTemplate:
     """By official name (as in a checkpoint's config.json) or XTuner-style alias."""
+    if isinstance(name, dict):
+        raise ValueError('template is an XTuner PROMPT_TEMPLATE dict, which renders prompts differently from the '
+                         "ones InternVL was trained with; pass a name such as 'internlm2-chat' or 'internvl2_5', or "
+                         "leave it out to use the checkpoint's")
     key = _ALIASES.get(name, _ALIASES.get(name.lower(), name))
     if key not in TEMPLATES:
         choices = sorted(set(TEMPLATES) | set(_ALIASES))
