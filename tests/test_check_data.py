@@ -74,8 +74,9 @@ def test_a_training_config_is_checked_with_its_own_dataset_settings(tiny_checkpo
     path = write_jsonl(data / 'clean.jsonl', [qa(image='images/wide.png')])
     config = data / 'config.py'
     config.write_text('from internvl_plugin import InternVL_V1_5_Dataset\n\n'
-                      f'train_dataloader = dict(dataset=dict(type=InternVL_V1_5_Dataset, model_path={tiny_checkpoint()!r},'
-                      f' data_paths=[{path!r}], max_dynamic_patch=1, max_length=2048))\n')
+                      'train_dataloader = dict(dataset=dict(\n'
+                      f'    type=InternVL_V1_5_Dataset, model_path={tiny_checkpoint()!r}, data_paths=[{path!r}],\n'
+                      '    max_dynamic_patch=1, max_length=2048))\n')
     kwargs = dataset_kwargs([str(config)], {})
     assert kwargs['max_dynamic_patch'] == 1 and 'type' not in kwargs
     report = check_dataset(kwargs)

@@ -37,9 +37,11 @@ BAD_LINES = [
     (turns(('gpt', 'Hello')), "turn 1 is from 'gpt' where 'human' was expected"),
     (turns(('human', 'Hi'), ('bot', 'Hello')), "turn 2 has role 'bot'; expected 'human' or 'gpt'"),
     (turns(('human', 'Hi'), ('gpt', '  ')), r'turn 2 \(gpt\) is empty'),
-    (turns(('human', 'Hi'), ('gpt', 'Look: <image>')), 'gpt turn 2 holds an <image> or <video> placeholder'),
+    (turns(('human', 'Hi'), ('gpt', 'Look: <image>')),
+     'gpt turn 2 holds an <image> or <video> placeholder'),
     ({**qa(), 'image': 'images/ok.png', 'video': 'a.mp4'}, 'the sample has both "image" and "video"'),
-    ({**qa(image='images/ok.png'), 'width': 0, 'height': 10}, r'width/height are 0/10; expected positive integers, one per image'),
+    ({**qa(image='images/ok.png'), 'width': 0, 'height': 10},
+     r'width/height are 0/10; expected positive integers, one per image'),
 ]
 
 

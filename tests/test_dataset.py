@@ -127,15 +127,14 @@ def _write_video(path, frames=24, fps=8):
 
 def test_video_file_gives_one_tile_per_sampled_frame_with_frame_prefixes(tiny_checkpoint, tmp_path):
     _write_video(tmp_path / 'clip.mp4')
-    record = {'video': 'clip.mp4', 'conversations': [{'from': 'human', 'value': 'What happens?'},
-                                                      {'from': 'gpt', 'value': 'It gets brighter.'}]}
+    record = qa('What happens?', 'It gets brighter.', video='clip.mp4')
     ds = dataset(tiny_checkpoint, data_paths=[write_jsonl(tmp_path / 'v.jsonl', [record])],
                  min_num_frames=4, max_num_frames=6)
     item = ds.load(0, random.Random(0))
     frames = item['pixel_values'].shape[0]
     assert 4 <= frames <= 6 and n_context(ds, item) == frames * 256
     text = ds.tokenizer.decode([t for t in item['input_ids'].tolist() if t != ds.encoder.img_context_id])
-    assert f'Frame-1: <img></img>\nFrame-2: <img></img>' in text and f'Frame-{frames}: <img></img>\nWhat' in text
+    assert 'Frame-1: <img></img>\nFrame-2: <img></img>' in text and f'Frame-{frames}: <img></img>\nWhat' in text
     brightness = item['pixel_values'].float().mean(dim=(1, 2, 3))
     assert torch.all(brightness[1:] > brightness[:-1])   # frames come in time order, one from each segment
 
@@ -145,10 +144,8 @@ def test_video_as_a_folder_of_frames_and_as_a_list(tiny_checkpoint, tmp_path):
     folder.mkdir()
     for i in range(10):
         Image.new('RGB', (80, 60), (i * 20, 0, 0)).save(folder / f'{i:03d}.jpg')
-    records = [{'video': 'frames', 'conversations': [{'from': 'human', 'value': '<video>\nColour?'},
-                                                      {'from': 'gpt', 'value': 'red'}]},
-               {'video': ['frames/000.jpg', 'frames/005.jpg'],
-                'conversations': [{'from': 'human', 'value': 'Colour?'}, {'from': 'gpt', 'value': 'red'}]}]
+    records = [qa('<video>\nColour?', 'red', video='frames'),
+               qa('Colour?', 'red', video=['frames/000.jpg', 'frames/005.jpg'])]
     ds = dataset(tiny_checkpoint, data_paths=[write_jsonl(tmp_path / 'v.jsonl', records)],
                  min_num_frames=8, max_num_frames=8)
     assert ds.load(0, random.Random(0))['pixel_values'].shape[0] == 8
@@ -217,8 +214,7 @@ def test_a_sample_with_no_answer_left_within_max_length_is_dropped(tiny_checkpoi
 
 def test_long_videos_sample_fewer_frames_instead_of_being_cut(tiny_checkpoint, tmp_path):
     _write_video(tmp_path / 'clip.mp4', frames=40)
-    record = {'video': 'clip.mp4', 'conversations': [{'from': 'human', 'value': 'What happens?'},
-                                                      {'from': 'gpt', 'value': 'Brighter.'}]}
+    record = qa('What happens?', 'Brighter.', video='clip.mp4')
     ds = dataset(tiny_checkpoint, data_paths=[write_jsonl(tmp_path / 'v.jsonl', [record])],
                  min_num_frames=8, max_num_frames=8, max_length=4 * 258 + 120)
     item = ds.load(0, random.Random(0))
@@ -251,7 +247,8 @@ def test_collate_of_text_only_batch_adds_one_blank_flagged_tile(tiny_checkpoint,
 
 @pytest.mark.parametrize('family', ['qwen2', 'internlm2', 'phi3', 'llama'])
 def test_a_collated_mixed_batch_trains_the_model(tiny_checkpoint, photo_data, family):
-    records = [qa(image='wide.png'), qa('Hello', 'Hi'), qa('<image>\nCompare <image>', 'Same', image=['square.png'] * 2)]
+    records = [qa(image='wide.png'), qa('Hello', 'Hi'),
+               qa('<image>\nCompare <image>', 'Same', image=['square.png'] * 2)]
     ds = dataset(tiny_checkpoint, family=family, data_paths=[write_jsonl(photo_data / 'a.jsonl', records)],
                  image_folders=[str(photo_data / 'images')], max_dynamic_patch=4)
     batch = internvl_collate_fn([ds[i] for i in range(3)])

@@ -109,8 +109,8 @@ def test_system_turn_overrides_the_template_system_prompt(tokenizers):
     assert encoded.input_ids == expected
     phi3 = TemplateEncoder(get_template('phi3-chat'), tokenizers['phi3']).encode(
         'Be brief.', [Turn('human', 'Hi'), Turn('gpt', 'Hello')], [])
-    assert phi3.input_ids == tokenizers['phi3']('<|system|>\nBe brief.<|end|><|user|>\nHi<|end|><|assistant|>\n'
-                                                 'Hello<|end|>')['input_ids']
+    expected_phi3 = '<|system|>\nBe brief.<|end|><|user|>\nHi<|end|><|assistant|>\nHello<|end|>'
+    assert phi3.input_ids == tokenizers['phi3'](expected_phi3)['input_ids']
 
 
 def test_video_frames_are_written_as_official_frame_lines(tokenizers):
@@ -155,7 +155,8 @@ def test_slow_tokenizers_get_the_same_labels_from_prefix_lengths(tokenizers, nam
     fast = TemplateEncoder(get_template(name), tokenizers[family]).encode(None, turns, [4])
     slow = TemplateEncoder(get_template(name), _SlowView(tokenizers[family])).encode(None, turns, [4])
     assert slow.input_ids == fast.input_ids and slow.labels == fast.labels
-    assert supervised(tokenizers[family], fast.input_ids, fast.labels) == f'A red circle.{END[name]}Yes, sure.{END[name]}'
+    expected = f'A red circle.{END[name]}Yes, sure.{END[name]}'
+    assert supervised(tokenizers[family], fast.input_ids, fast.labels) == expected
 
 
 def test_unknown_template_names_the_choices():

@@ -90,7 +90,7 @@ class InternVL_V1_5_Dataset(Dataset):
     `repeat_times`. Template, tokenizer and tiling default to the checkpoint at `model_path`; every tiling
     setting can be overridden here and `min/max_dynamic_patch`, `use_thumbnail` per meta-JSON dataset.
     A fractional repeat factor r = k + f takes every sample k times plus a fixed, seeded choice of
-    round(f * n) samples once more. Bad samples stop the build with a list of `file:line: problem`;
+    floor(f * n + 0.5) samples once more. Bad samples stop the build with a list of `file:line: problem`;
     `skip_bad_samples=True` leaves them out and logs how many.
     """
 
@@ -169,7 +169,8 @@ class InternVL_V1_5_Dataset(Dataset):
             self.source_counts[source.name] = len(index_parts[-1])
         if problems and not self.skip_bad_samples:
             listed = '\n'.join(problems[:MAX_LISTED_PROBLEMS])
-            more = f'\n... and {len(problems) - MAX_LISTED_PROBLEMS} more' if len(problems) > MAX_LISTED_PROBLEMS else ''
+            hidden = len(problems) - MAX_LISTED_PROBLEMS
+            more = f'\n... and {hidden} more' if hidden > 0 else ''
             raise DataError(f'{len(problems)} bad sample(s) in the training data; fix them, or pass '
                             f'skip_bad_samples=True to leave them out:\n{listed}{more}')
         if problems:
@@ -330,11 +331,11 @@ class InternVL_V1_5_Dataset(Dataset):
             return encoded
         if encoded.image_ends and encoded.image_ends[-1] > self.max_length:
             raise SampleDropped(f'{len(encoded.input_ids)} tokens with an image ending at token '
-                           f'{encoded.image_ends[-1]}, past max_length {self.max_length}; dropped')
+                                f'{encoded.image_ends[-1]}, past max_length {self.max_length}; dropped')
         labels = encoded.labels[:self.max_length]
         if all(label == IGNORE_INDEX for label in labels[1:]):
             raise SampleDropped(f'{len(encoded.input_ids)} tokens and no answer token within max_length '
-                           f'{self.max_length}; dropped')
+                                f'{self.max_length}; dropped')
         return Encoded(encoded.input_ids[:self.max_length], labels, encoded.image_ends)
 
     def _load_images(self, sample: Sample, source: DataSource) -> Tuple[Encoded, List[Image.Image]]:

@@ -1,5 +1,4 @@
 """InternVL_V1_5: the MMEngine model that configs build (a drop-in for XTuner's class of the same name)."""
-import os
 from collections import OrderedDict
 from typing import Any, Dict, Optional, Union
 
