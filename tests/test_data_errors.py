@@ -28,6 +28,7 @@ BAD_LINES = [
     ('{"conversations": [', r'invalid JSON \(Expecting value at column 20\)'),
     ('[1, 2]', 'expected a JSON object per sample, found list'),
     (qa(image='images/missing.png'), r'image .*images/missing.png does not exist'),
+    (qa(image='images'), r'image .*images is a folder; expected an image file'),
     (qa('<image>\n<image>\nSame?', image='images/ok.png'), r'2 <image> placeholder\(s\) for 1 image\(s\)'),
     (qa('<image>\nWhat?'), r'1 <image> placeholder\(s\) for 0 image\(s\)'),
     ({'conversations': []}, '"conversations" is missing or empty'),

@@ -133,6 +133,8 @@ def parse_sample(text: str, root: str) -> Sample:
 def missing_media(sample: Sample) -> Optional[str]:
     """What is wrong with the sample's files (missing, unreadable), or None; opens nothing."""
     for path in sample.images:
+        if os.path.isdir(path):
+            return f'image {path} is a folder; expected an image file'
         if not os.path.isfile(path):
             return f'image {path} does not exist'
         if not os.access(path, os.R_OK):
