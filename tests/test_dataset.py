@@ -263,3 +263,15 @@ def test_dataset_and_collate_are_importable_from_the_package_root():
     import internvl_plugin
     assert {'InternVL_V1_5_Dataset', 'internvl_collate_fn'} <= set(internvl_plugin.__all__)
     assert os.path.basename(internvl_plugin.dataset.__file__) == '__init__.py'
+
+
+def test_xtuners_length_grouped_sampler_keeps_modalities_apart(tiny_checkpoint, photo_data):
+    from xtuner.dataset.samplers import LengthGroupedSampler
+    records = [qa(image='square.png', width=448, height=448)] * 8 + [qa('hi ' * n, 'yo') for n in range(1, 9)]
+    ds = dataset(tiny_checkpoint, data_paths=[write_jsonl(photo_data / 'a.jsonl', records)],
+                 image_folders=[str(photo_data / 'images')])
+    order = list(LengthGroupedSampler(ds, per_device_batch_size=4, length_property='modality_length', seed=0))
+    assert sorted(order) == list(range(16))
+    for start in range(0, 16, 4):
+        kinds = {ds.modality_length[i] > 0 for i in order[start:start + 4]}
+        assert len(kinds) == 1, order
