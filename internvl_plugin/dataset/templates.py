@@ -112,9 +112,13 @@ class TemplateEncoder:
                 rendered.append(answer + [(t.sep, False)] if t.sep else answer)
         return rendered
 
-    def encode(self, system: Optional[str], turns: Sequence[Turn], image_tokens: Sequence[int]) -> Encoded:
+    def encode(self, system: Optional[str], turns: Sequence[Turn], image_tokens: Sequence[int],
+               add_generation_prompt: bool = False) -> Encoded:
+        """`add_generation_prompt`: end with the assistant prefix, for generating the answer to the last question."""
         rendered = [[(text.replace(IMAGE_PLACEHOLDER, image_span(1)), supervised) for text, supervised in turn]
                     for turn in self.render(system, turns)]
+        if add_generation_prompt:
+            rendered.append([(self.template.assistant_prefix, False)])
         if self.template.per_turn:
             # internvl2_5: each turn tokenised alone, the tokenizer's BOS (if any) once in front.
             ids, labels = list(self.bos), [IGNORE_INDEX] * len(self.bos)

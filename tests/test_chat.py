@@ -1,0 +1,48 @@
+"""tools/chat.py and ChatSession: the prompt is the training prompt, answers come from the model."""
+import os
+import subprocess
+import sys
+
+from helpers import qa, save_image, write_jsonl
+
+from internvl_plugin import InternVL_V1_5_Dataset
+from internvl_plugin.chat import ChatSession
+from internvl_plugin.dataset.templates import IGNORE_INDEX
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_chat_prompt_equals_the_training_sample_up_to_its_answer(tiny_checkpoint, tmp_path):
+    from PIL import Image
+    for family in ('qwen2', 'internlm2'):
+        image = save_image(tmp_path / 'photo.png', 900, 450)
+        data = write_jsonl(tmp_path / 'a.jsonl', [qa('What is it?', 'A cat.', image='photo.png')])
+        item = InternVL_V1_5_Dataset(model_path=tiny_checkpoint(family), data_paths=[data])[0]
+        answer_start = int((item['labels'] != IGNORE_INDEX).nonzero()[0])
+        session = ChatSession(tiny_checkpoint(family), device='cpu')
+        session.show([Image.open(image)])
+        ids, _ = session.prompt('What is it?')
+        assert ids == item['input_ids'][:answer_start].tolist()
+        assert session.pixel_values.equal(item['pixel_values'])
+
+
+def test_follow_up_questions_carry_the_conversation(tiny_checkpoint, tmp_path):
+    from PIL import Image
+    session = ChatSession(tiny_checkpoint(), device='cpu')
+    session.show([Image.open(save_image(tmp_path / 'photo.png', 448, 448))])
+    first = session.ask('What is it?', max_new_tokens=4)
+    assert isinstance(first, str) and [t.role for t in session.turns] == ['human', 'gpt']
+    ids, turns = session.prompt('And the colour?')
+    assert len(turns) == 3 and turns[0].text.startswith('<image>\n') and not turns[2].text.startswith('<image>')
+    assert ids.count(session.encoder.img_context_id) == 256
+
+
+def test_chat_tool_answers_a_question(tiny_checkpoint, tmp_path):
+    image = save_image(tmp_path / 'photo.png', 448, 448)
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'chat.py'), tiny_checkpoint(),
+                             '--image', image, '--question', 'What is it?', '--max-new-tokens', '3'],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    missing = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'chat.py'), str(tmp_path / 'nowhere'),
+                              '--question', 'Hi'], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and 'chat: error:' in missing.stderr and 'nowhere' in missing.stderr
