@@ -4,8 +4,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from PIL import Image
 
-from .dataset.image import dynamic_tiles, tile_budget, tiles_to_tensor
-from .dataset.internvl_dataset import ImageSettings
+from .dataset.image import ImageSettings, tiles_to_tensor
 from .dataset.templates import IMAGE_PLACEHOLDER, TemplateEncoder, Turn, get_template
 from .model.internvl import InternVL_V1_5
 
@@ -30,10 +29,9 @@ class ChatSession:
     def show(self, images: Sequence[Image.Image]) -> None:
         """Tiles the images as training does; they go before the next question."""
         tiles = []
+        limits = self.image.limits(len(images))
         for image in images:
-            image_tiles = dynamic_tiles(image.convert('RGB'), self.image.min_dynamic_patch,
-                                        tile_budget(self.image.max_dynamic_patch, len(images)),
-                                        self.image.image_size, self.image.use_thumbnail)
+            image_tiles = self.image.tile(image.convert('RGB'), limits)
             self.image_tokens.append(len(image_tiles) * self.image.tokens_per_tile)
             tiles += image_tiles
         self.pixel_values = tiles_to_tensor(tiles)

@@ -5,13 +5,15 @@ device, which is the official ToTensor + Normalize arithmetic, done where it is 
 """
 import io
 import random
-from typing import List, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 
 JPEG_QUALITIES = range(75, 101)
+TileLimits = Tuple[int, int, bool]   # min tiles, max tiles, thumbnail
 
 
 def candidate_grids(min_tiles: int, max_tiles: int) -> List[Tuple[int, int]]:
@@ -80,3 +82,53 @@ def tiles_to_tensor(tiles: Sequence[Image.Image]) -> torch.Tensor:
     """RGB tiles -> uint8 (tiles, 3, S, S)."""
     array = np.stack([np.asarray(tile.convert('RGB')) for tile in tiles])
     return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+
+
+@dataclass
+class ImageSettings:
+    """How images become tiles and tokens; the checkpoint's config.json gives the defaults."""
+    image_size: int = 448
+    patch_size: int = 14
+    downsample_ratio: float = 0.5
+    dynamic_image_size: bool = True
+    use_thumbnail: bool = True
+    min_dynamic_patch: int = 1
+    max_dynamic_patch: int = 6
+
+    @property
+    def tokens_per_tile(self) -> int:
+        return int((self.image_size // self.patch_size) ** 2 * self.downsample_ratio ** 2)
+
+    def limits(self, n_images: int, max_dynamic_patch: Optional[int] = None,
+               min_dynamic_patch: Optional[int] = None, use_thumbnail: Optional[bool] = None) -> TileLimits:
+        """(min tiles, max tiles, thumbnail) for each of `n_images` images; None arguments take the settings."""
+        max_tiles = tile_budget(max_dynamic_patch or self.max_dynamic_patch, n_images)
+        min_tiles = min(min_dynamic_patch or self.min_dynamic_patch, max_tiles)
+        return min_tiles, max_tiles, self.use_thumbnail if use_thumbnail is None else use_thumbnail
+
+    def count(self, size: Optional[Tuple[int, int]], limits: TileLimits) -> int:
+        """Tiles of an image of `size` (width, height) without opening it; no size: the most it can get."""
+        min_tiles, max_tiles, thumbnail = limits
+        if not self.dynamic_image_size:
+            return 1
+        if size is None:
+            return max_tiles + (1 if thumbnail and max_tiles > 1 else 0)
+        return count_tiles(size[0], size[1], min_tiles, max_tiles, self.image_size, thumbnail)
+
+    def tile(self, image: Image.Image, limits: TileLimits) -> List[Image.Image]:
+        """An RGB image as its training tiles: dynamic tiles, or one resized tile without dynamic_image_size."""
+        if not self.dynamic_image_size:
+            return [resize_tile(image, self.image_size)]
+        return dynamic_tiles(image, *limits[:2], self.image_size, limits[2])
+
+    @classmethod
+    def from_checkpoint(cls, config: Dict[str, Any]) -> 'ImageSettings':
+        vision = config.get('vision_config', {})
+        defaults = cls()
+        return cls(image_size=config.get('force_image_size') or vision.get('image_size', defaults.image_size),
+                   patch_size=vision.get('patch_size', defaults.patch_size),
+                   downsample_ratio=config.get('downsample_ratio', defaults.downsample_ratio),
+                   dynamic_image_size=config.get('dynamic_image_size', defaults.dynamic_image_size),
+                   use_thumbnail=config.get('use_thumbnail', defaults.use_thumbnail),
+                   min_dynamic_patch=config.get('min_dynamic_patch', defaults.min_dynamic_patch),
+                   max_dynamic_patch=config.get('max_dynamic_patch', defaults.max_dynamic_patch))

@@ -16,7 +16,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..files import load_tokenizer, read_json, resolve_model_path
-from .image import count_tiles, dynamic_tiles, jpeg_recompress, resize_tile, tile_budget, tiles_to_tensor
+from .image import ImageSettings, TileLimits, jpeg_recompress, resize_tile, tiles_to_tensor
 from .samples import Sample, SampleError, expand_video, missing_media, parse_sample
 from .sources import DataError, DataSource, LineStore, read_annotation, read_meta, repeat_indices, xtuner_sources
 from .templates import IGNORE_INDEX, IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, Encoded, TemplateEncoder, Turn, get_template
@@ -24,34 +24,6 @@ from .video import open_video, sample_frame_indices
 
 logger = logging.getLogger('internvl_plugin')
 MAX_LISTED_PROBLEMS = 20
-
-
-@dataclass
-class ImageSettings:
-    """How images become tiles and tokens; the checkpoint's config.json gives the defaults."""
-    image_size: int = 448
-    patch_size: int = 14
-    downsample_ratio: float = 0.5
-    dynamic_image_size: bool = True
-    use_thumbnail: bool = True
-    min_dynamic_patch: int = 1
-    max_dynamic_patch: int = 6
-
-    @property
-    def tokens_per_tile(self) -> int:
-        return int((self.image_size // self.patch_size) ** 2 * self.downsample_ratio ** 2)
-
-    @classmethod
-    def from_checkpoint(cls, config: Dict[str, Any]) -> 'ImageSettings':
-        vision = config.get('vision_config', {})
-        defaults = cls()
-        return cls(image_size=config.get('force_image_size') or vision.get('image_size', defaults.image_size),
-                   patch_size=vision.get('patch_size', defaults.patch_size),
-                   downsample_ratio=config.get('downsample_ratio', defaults.downsample_ratio),
-                   dynamic_image_size=config.get('dynamic_image_size', defaults.dynamic_image_size),
-                   use_thumbnail=config.get('use_thumbnail', defaults.use_thumbnail),
-                   min_dynamic_patch=config.get('min_dynamic_patch', defaults.min_dynamic_patch),
-                   max_dynamic_patch=config.get('max_dynamic_patch', defaults.max_dynamic_patch))
 
 
 @dataclass
@@ -198,16 +170,18 @@ class InternVL_V1_5_Dataset(Dataset):
     def length(self) -> List[int]:
         """Estimated tokens per sample: the line's `length` when present, else text tokens + image tokens
         (from width/height when the line has them, the tile budget otherwise); no image is opened."""
-        if self._lengths is None:
-            self._lengths = self._estimate_lengths()
-        return np.abs(self._lengths)[self._index].tolist()
+        return np.abs(self._signed_lengths()).tolist()
 
     @property
     def modality_length(self) -> List[int]:
         """As `length`, negative for text-only samples (XTuner's sampler groups the two kinds apart)."""
+        return self._signed_lengths().tolist()
+
+    def _signed_lengths(self) -> np.ndarray:
+        """Per sample (repeats included), computed once per stored line on first use."""
         if self._lengths is None:
             self._lengths = self._estimate_lengths()
-        return self._lengths[self._index].tolist()
+        return self._lengths[self._index]
 
     def _estimate_lengths(self) -> np.ndarray:
         lengths = np.zeros(len(self._store), dtype=np.int64)
@@ -248,21 +222,12 @@ class InternVL_V1_5_Dataset(Dataset):
         """Tiles of each image (or video frame) without decoding: exact from sizes, the budget without them."""
         if sample.video is not None:
             return [1] * self.max_num_frames
-        min_tiles, max_tiles, thumbnail = self._tiling(source, len(sample.images))
-        if not self.image.dynamic_image_size:
-            return [1] * len(sample.images)
-        budget = max_tiles + (1 if thumbnail and max_tiles > 1 else 0)
-        return [budget if size is None else
-                count_tiles(size[0], size[1], min_tiles, max_tiles, self.image.image_size, thumbnail)
-                for size in sizes]
+        limits = self._tiling(source, len(sample.images))
+        return [self.image.count(size, limits) for size in sizes]
 
-    def _tiling(self, source: DataSource, n_images: int) -> Tuple[int, int, bool]:
-        """(min tiles, max tiles, thumbnail) for one of `n_images` images of a sample from `source`."""
-        max_patch = source.max_dynamic_patch or self.image.max_dynamic_patch
-        min_patch = source.min_dynamic_patch or self.image.min_dynamic_patch
-        thumbnail = self.image.use_thumbnail if source.use_thumbnail is None else source.use_thumbnail
-        max_tiles = tile_budget(max_patch, n_images)
-        return min(min_patch, max_tiles), max_tiles, thumbnail
+    def _tiling(self, source: DataSource, n_images: int) -> TileLimits:
+        """The tile limits for one of `n_images` images of a sample from `source` (its meta overrides first)."""
+        return self.image.limits(n_images, source.max_dynamic_patch, source.min_dynamic_patch, source.use_thumbnail)
 
     # ---- loading ------------------------------------------------------------------------------------------
 
@@ -341,22 +306,17 @@ class InternVL_V1_5_Dataset(Dataset):
     def _load_images(self, sample: Sample, source: DataSource) -> Tuple[Encoded, List[Image.Image]]:
         """Tile counts come from the image headers, so a sample that will be dropped is never decoded."""
         images = [self._open_image(path) for path in sample.images]
-        min_tiles, max_tiles, thumbnail = self._tiling(source, len(images))
-        size = self.image.image_size
-        counts = [count_tiles(image.width, image.height, min_tiles, max_tiles, size, thumbnail)
-                  if self.image.dynamic_image_size else 1 for image in images]
+        counts = self.tiles_per_image(sample, source, [image.size for image in images])
         encoded = self._fit(self.encoder.encode(sample.system, sample.turns,
                                                 [n * self.image.tokens_per_tile for n in counts]))
+        limits = self._tiling(source, len(images))
         tiles = []
         for path, image in zip(sample.images, images):
             try:
                 image = image.convert('RGB')
             except (OSError, ValueError) as error:
                 raise SampleError(f'cannot decode image {path} ({type(error).__name__}: {error})') from None
-            if self.image.dynamic_image_size:
-                tiles += dynamic_tiles(image, min_tiles, max_tiles, size, thumbnail)
-            else:
-                tiles.append(resize_tile(image, size))
+            tiles += self.image.tile(image, limits)
         return encoded, tiles
 
     @staticmethod

@@ -11,6 +11,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..files import read_json
+
 
 class DataError(ValueError):
     """Training data that cannot be used as written; the message says where and why."""
@@ -43,12 +45,9 @@ _META_KEYS = {'root', 'annotation', 'repeat_time', 'data_augment', 'max_dynamic_
 def read_meta(meta_path: str) -> List[DataSource]:
     """InternVL's meta JSON: {name: {root, annotation, repeat_time, data_augment, max_dynamic_patch, length}}."""
     try:
-        with open(meta_path, encoding='utf-8') as f:
-            meta = json.load(f)
-    except FileNotFoundError:
-        raise DataError(f'{meta_path}: meta file does not exist') from None
-    except json.JSONDecodeError as error:
-        raise DataError(f'{meta_path}:{error.lineno}: invalid JSON ({error.msg})') from None
+        meta = read_json(meta_path)
+    except (FileNotFoundError, ValueError) as error:
+        raise DataError(str(error)) from None
     if not isinstance(meta, dict) or not meta:
         raise DataError(f'{meta_path}: expected an object {{"name": {{"root": ..., "annotation": ...}}}}')
     base = os.path.dirname(os.path.abspath(meta_path))
