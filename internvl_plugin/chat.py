@@ -34,8 +34,9 @@ class ChatSession:
             image_tiles = self.image.tile(image.convert('RGB'), limits)
             self.image_tokens.append(len(image_tiles) * self.image.tokens_per_tile)
             tiles += image_tiles
-        self.pixel_values = tiles_to_tensor(tiles)
-        self.unplaced_images = len(images)
+        shown = tiles_to_tensor(tiles)
+        self.pixel_values = shown if self.pixel_values is None else torch.cat([self.pixel_values, shown])
+        self.unplaced_images += len(images)
 
     def prompt(self, question: str) -> Tuple[List[int], List[Turn]]:
         """The token ids to generate from, and the turns they hold."""

@@ -46,3 +46,14 @@ def test_chat_tool_answers_a_question(tiny_checkpoint, tmp_path):
     missing = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'chat.py'), str(tmp_path / 'nowhere'),
                               '--question', 'Hi'], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and 'chat: error:' in missing.stderr and 'nowhere' in missing.stderr
+
+
+def test_images_shown_later_join_the_earlier_ones(tiny_checkpoint, tmp_path):
+    from PIL import Image
+    session = ChatSession(tiny_checkpoint(), device='cpu')
+    session.show([Image.open(save_image(tmp_path / 'a.png', 448, 448))])
+    session.ask('What is it?', max_new_tokens=2)
+    session.show([Image.open(save_image(tmp_path / 'b.png', 448, 448, seed=1))])
+    ids, turns = session.prompt('And this one?')
+    assert session.pixel_values.shape[0] == 2 and turns[2].text.startswith('<image>\n')
+    assert ids.count(session.encoder.img_context_id) == 2 * 256
