@@ -5,6 +5,9 @@ import re
 from typing import Any, Dict
 
 _REPO_ID = re.compile(r'^[A-Za-z0-9][\w.-]*/[\w.-]+$')
+# Tokens every InternVL tokenizer has; an LLM's own tokenizer gets them when a model is assembled from parts.
+INTERNVL_SPECIAL_TOKENS = ['<img>', '</img>', '<IMG_CONTEXT>', '<quad>', '</quad>', '<ref>', '</ref>', '<box>',
+                           '</box>']
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -38,12 +41,16 @@ def read_json(path: str) -> Dict[str, Any]:
         raise ValueError(f'{path}:{error.lineno}: invalid JSON ({error.msg})') from None
 
 
-def load_tokenizer(folder: str) -> Any:
-    """The checkpoint's tokenizer; remote code only where the tokenizer class needs it (InternLM2's)."""
+def load_tokenizer(folder: str, add_internvl_tokens: bool = False) -> Any:
+    """The checkpoint's tokenizer; remote code only where the tokenizer class needs it (InternLM2's).
+    `add_internvl_tokens` adds the InternVL special tokens an LLM's own tokenizer lacks."""
     from transformers import AutoTokenizer
     tokenizer_config = os.path.join(folder, 'tokenizer_config.json')
     remote = os.path.isfile(tokenizer_config) and 'auto_map' in read_json(tokenizer_config)
-    return AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)
+    if add_internvl_tokens:
+        tokenizer.add_tokens(INTERNVL_SPECIAL_TOKENS, special_tokens=True)
+    return tokenizer
 
 
 def plain_config(value: Any) -> Any:

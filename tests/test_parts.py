@@ -4,7 +4,7 @@ from helpers import image_batch
 
 from internvl_plugin import InternVL_V1_5
 from internvl_plugin.model.checkpoint.export import save_official
-from internvl_plugin.model.checkpoint.parts import INTERNVL_SPECIAL_TOKENS
+from internvl_plugin.files import INTERNVL_SPECIAL_TOKENS
 from internvl_plugin.files import load_tokenizer
 from internvl_plugin.tiny import build_tiny_parts
 

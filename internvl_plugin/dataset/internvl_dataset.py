@@ -46,7 +46,10 @@ def _without_placeholders(text: str) -> str:
 
 
 def _build_tokenizer(tokenizer: Any) -> Any:
-    """A tokenizer object, or an MMEngine/XTuner-style dict whose `type` builds one."""
+    """A tokenizer object, an MMEngine/XTuner-style dict whose `type` builds one, or an LLM folder / hub id whose
+    tokenizer gets the InternVL special tokens (what a model assembled from parts uses)."""
+    if isinstance(tokenizer, str):
+        return load_tokenizer(resolve_model_path(tokenizer), add_internvl_tokens=True)
     if not isinstance(tokenizer, dict):
         return tokenizer
     kwargs = dict(tokenizer)

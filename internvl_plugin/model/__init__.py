@@ -1,3 +1,4 @@
 from .internvl import InternVL_V1_5
+from .optim import InternVLAdamW
 
-__all__ = ['InternVL_V1_5']
+__all__ = ['InternVL_V1_5', 'InternVLAdamW']

@@ -13,6 +13,7 @@ from .checkpoint.trained import apply_trained_state, load_trained_state
 from .lora import LLM_LORA_TARGETS, VISION_LORA_TARGETS, build_lora_config
 from .modeling.internvl_chat import InternVLChatModel
 from .modeling.llm import llm_family
+from .optim import mark_parts
 from .quantization import bnb_4bit_config, quantize_linears_4bit
 
 LoraSpec = Optional[Union[LoraConfig, Dict[str, Any]]]
@@ -96,6 +97,7 @@ class InternVL_V1_5(BaseModel):
             self.model.vision_model = get_peft_model(self.model.vision_model, lora)
         if pretrained_pth:
             apply_trained_state(self, load_trained_state(pretrained_pth), pretrained_pth)
+        mark_parts(self.model)
 
     def _grow_vocabulary(self) -> None:
         """Embeddings get rows for tokens the tokenizer has beyond the LLM's vocabulary (added InternVL tokens)."""

@@ -1,7 +1,7 @@
 """Tiny byte-level BPE tokenizers built offline, with each family's chat tokens and InternVL's special tokens."""
 from typing import Dict, List
 
-from ..model.checkpoint.parts import INTERNVL_SPECIAL_TOKENS
+from ..files import INTERNVL_SPECIAL_TOKENS
 
 # Per family: special tokens in id order, the BOS token the tokenizer prepends (None: none), eos and pad.
 FAMILY_TOKENS: Dict[str, Dict] = {

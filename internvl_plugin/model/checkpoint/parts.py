@@ -9,8 +9,6 @@ from .key_maps import StateDict
 from ...files import load_tokenizer, read_json
 from .load import load_weights
 
-INTERNVL_SPECIAL_TOKENS = ['<img>', '</img>', '<IMG_CONTEXT>', '<quad>', '</quad>', '<ref>', '</ref>', '<box>', '</box>']
-
 
 def read_vision_config(folder: str) -> Dict[str, Any]:
     path = os.path.join(folder, 'config.json')
@@ -28,8 +26,7 @@ def assemble_config_and_weights(vision_path: str, llm_path: str, template: Optio
     vision_config = read_vision_config(vision_path)
     llm_config = read_json(os.path.join(llm_path, 'config.json'))
     llm_family(llm_config, source=os.path.join(llm_path, 'config.json'))
-    tokenizer = load_tokenizer(llm_path)
-    tokenizer.add_tokens(INTERNVL_SPECIAL_TOKENS, special_tokens=True)
+    tokenizer = load_tokenizer(llm_path, add_internvl_tokens=True)
     vision = InternVisionConfig.from_dict(vision_config)
     config = {
         'architectures': ['InternVLChatModel'], 'model_type': 'internvl_chat',
