@@ -33,7 +33,7 @@ lr = 2e-5
 vit_lr = mlp_lr = llm_lr = None    # a part's own learning rate (None: lr); set freeze_* below to train it
 weight_decay = 0.05                # not on biases and norm weights, as the official Trainer
 max_norm = 1.0
-drop_path_rate = 0.4               # ViT stochastic depth, used when the ViT trains
+drop_path_rate = 0.4               # ViT stochastic depth in training (frozen or not, as official)
 
 #######################################################################
 #                          PART 2  Model                              #

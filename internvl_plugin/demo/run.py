@@ -1,22 +1,27 @@
-"""The offline demo: tiny checkpoint -> synthetic colour questions -> fine-tune -> convert -> held-out accuracy.
+"""The offline demo: tiny checkpoint -> synthetic colour questions -> `xtuner train` with a shipped config ->
+`tools/convert_to_official.py` -> held-out accuracy of the converted model next to the untrained one.
 
-The data goes through the plugin's dataset and collate (the checkpoint's template, official tiling); the training
-loop is plain PyTorch over the model class configs use, until `xtuner train` replaces it (issue 4).
+The answers depend on the pixels only, so a high score shows that images reach the LLM through the whole pipeline.
 """
+import json
 import os
-import random
+import re
+import subprocess
+import sys
 import time
-from typing import Dict
+from typing import Dict, List
 
 import torch
-from torch.utils.data import DataLoader
 
-from ..dataset import InternVL_V1_5_Dataset, internvl_collate_fn
+from ..dataset import InternVL_V1_5_Dataset
 from ..dataset.templates import IGNORE_INDEX
-from ..model.checkpoint.convert import convert_checkpoint
 from ..model.internvl import InternVL_V1_5
 from ..tiny import build_tiny_checkpoint
 from .shapes import COLOURS, write_split
+
+# The InternVL2_5-1B full fine-tune config (Qwen2 LLM, internvl2_5 template), as a user would run it; the demo only
+# points it at the tiny checkpoint and data and gives the random tiny model a larger learning rate.
+DEMO_CONFIG = os.path.join('configs', 'v2_5', 'internvl_v2_5_qwen2_5_0_5b_finetune.py')
 
 
 def _log(message: str) -> None:
@@ -40,62 +45,77 @@ def accuracy(model: InternVL_V1_5, held_out: InternVL_V1_5_Dataset) -> float:
     return correct / len(held_out)
 
 
-# Full fine-tune of mlp1 + LLM: a random tiny LLM's frozen output head leaves LoRA too little logit range.
-# The same arguments build the trained model and go into the config the converter reads.
-DEMO_MODEL_ARGS = {'freeze_visual_encoder': True, 'torch_dtype': 'float32', 'use_activation_checkpointing': False}
+def write_meta(path: str, root: str, annotation: str, repeat_time: float) -> str:
+    with open(path, 'w', encoding='utf-8') as f:
+        json.dump({'colour-shapes': {'root': root, 'annotation': annotation, 'repeat_time': repeat_time}}, f, indent=2)
+    return path
 
 
-def write_demo_config(path: str, model_path: str) -> None:
-    args = ''.join(f', {k}={v!r}' for k, v in DEMO_MODEL_ARGS.items())
-    with open(path, 'w') as f:
-        f.write('from internvl_plugin import InternVL_V1_5\n\n'
-                f'model = dict(type=InternVL_V1_5, model_path={model_path!r}{args})\n')
+def train_command(repo: str, work_dir: str, model_path: str, meta_path: str, lr: float, batch_size: int) -> List[str]:
+    options = {
+        'model.model_path': model_path, 'train_dataloader.dataset.model_path': model_path,
+        'train_dataloader.dataset.meta_path': meta_path, 'model.torch_dtype': 'float32',
+        'optim_wrapper.optimizer.lr': lr, 'train_dataloader.batch_size': batch_size,
+        'train_dataloader.sampler.per_device_batch_size': batch_size, 'optim_wrapper.accumulative_counts': 1,
+        'train_dataloader.num_workers': 2, 'default_hooks.logger.interval': 10,
+    }
+    xtuner = os.path.join(os.path.dirname(sys.executable), 'xtuner')
+    return [xtuner, 'train', os.path.join(repo, DEMO_CONFIG), '--work-dir', work_dir, '--seed', '0',
+            '--cfg-options'] + [f'{k}={v}' for k, v in options.items()]
 
 
-def run_demo(work_dir: str, steps: int = 120, batch_size: int = 8, lr: float = 1e-3, seed: int = 0) -> Dict:
+_PROGRESS = re.compile(r'Iter\(train\) \[\s*(\d+)/(\d+)\].*? lr: (\S+).* loss: (\S+)')
+
+
+def run_logged(command: List[str], log_path: str) -> None:
+    """Runs `command`, writing its output to `log_path` and echoing each logged training iteration."""
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', ''))
+    with open(log_path, 'w', encoding='utf-8') as log:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        for line in process.stdout:
+            log.write(line)
+            progress = _PROGRESS.search(line)
+            if progress:
+                step, steps, lr, loss = progress.groups()
+                print(f'         iteration {step}/{steps}  lr {lr}  loss {loss}', flush=True)
+        process.wait()
+
+
+def run_demo(work_dir: str, repo: str, lr: float = 2e-3, batch_size: int = 8, repeat_time: int = 4,
+             seed: int = 0) -> Dict:
     started = time.time()
-    random.seed(seed)
     torch.manual_seed(seed)
+    work_dir = os.path.abspath(work_dir)
     base = os.path.join(work_dir, 'tiny-internvl-qwen2')
     data = os.path.join(work_dir, 'data')
-    _log(f'building a tiny InternVL checkpoint (Qwen2 + ViT-300M layout) in {base}')
+    train_dir = os.path.join(work_dir, 'train')
+    converted = os.path.join(work_dir, 'converted')
+    _log(f'building a tiny InternVL checkpoint (Qwen2 + ViT-300M layout, official files) in {base}')
     build_tiny_checkpoint(base, llm='qwen2', vit='300m', seed=seed, overwrite=True)
     _log(f'writing synthetic colour questions ({len(COLOURS)} colours, chance 25%) to {data}')
     train_file = write_split(data, 'train', 512, seed=seed)
     held_out_file = write_split(data, 'held_out', 100, seed=seed + 1)
-
-    train = InternVL_V1_5_Dataset(model_path=base, data_paths=[train_file])
+    meta = write_meta(os.path.join(data, 'meta.json'), data, train_file, repeat_time=repeat_time)
     held_out = InternVL_V1_5_Dataset(model_path=base, data_paths=[held_out_file])
-    _log(f'{len(train)} training and {len(held_out)} held-out samples in the {train.template.name} template')
-    model = InternVL_V1_5(base, **DEMO_MODEL_ARGS)
-    before = accuracy(model, held_out)
-    _log(f'untrained held-out accuracy: {before:.0%}')
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    loader = DataLoader(train, batch_size=batch_size, shuffle=True, collate_fn=internvl_collate_fn, drop_last=True,
-                        generator=torch.Generator().manual_seed(seed))
-    batches = iter(())
-    model.train()
-    for step in range(1, steps + 1):
-        batch = next(batches, None)
-        if batch is None:
-            batches = iter(loader)
-            batch = next(batches)
-        loss = model(**batch, mode='loss')['loss']
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step % 20 == 0 or step == 1:
-            _log(f'step {step}/{steps} loss {loss.item():.4f}')
-    checkpoint = os.path.join(work_dir, f'iter_{steps}.pth')
-    torch.save({'meta': {'iter': steps}, 'state_dict': model.state_dict()}, checkpoint)
-    config = os.path.join(work_dir, 'demo_config.py')
-    write_demo_config(config, base)
-    converted = os.path.join(work_dir, 'converted')
+    before = accuracy(InternVL_V1_5(base, torch_dtype='float32', use_activation_checkpointing=False), held_out)
+    _log(f'untrained held-out accuracy: {before:.0%} ({len(held_out)} questions)')
+
+    command = train_command(repo, train_dir, base, meta, lr, batch_size)
+    _log(f'fine-tuning on 512 images x repeat_time {repeat_time} (one epoch): xtuner train {DEMO_CONFIG} ...')
+    os.makedirs(train_dir, exist_ok=True)
+    train_log = os.path.join(work_dir, 'xtuner_train.log')
+    run_logged(command, train_log)
+    marker = os.path.join(train_dir, 'last_checkpoint')
+    if not os.path.isfile(marker):  # xtuner train exits 0 even when training fails
+        raise RuntimeError(f'xtuner train left no checkpoint in {train_dir}; see {train_log}')
+    checkpoint = open(marker).read().strip()
+    config = os.path.join(train_dir, os.path.basename(DEMO_CONFIG))  # the config with the overrides applied
     _log(f'converting {checkpoint} to the official layout in {converted}')
-    convert_checkpoint(config, checkpoint, converted, dtype=torch.float32, overwrite=True)
-    reloaded = InternVL_V1_5(converted, torch_dtype='float32', use_activation_checkpointing=False)
-    after = accuracy(reloaded, held_out)
+    subprocess.run([sys.executable, os.path.join(repo, 'tools', 'convert_to_official.py'), config, checkpoint,
+                    converted, '--dtype', 'float32', '--overwrite'], check=True)
+    after = accuracy(InternVL_V1_5(converted, torch_dtype='float32', use_activation_checkpointing=False), held_out)
     _log(f'held-out accuracy: untrained {before:.0%} -> fine-tuned and converted {after:.0%} '
          f'({len(held_out)} questions, chance 25%) in {time.time() - started:.0f} s')
-    _log(f'everything is in {work_dir}')
+    _log(f'written under {work_dir}: tiny checkpoint {os.path.basename(base)}/, data/, train/ (checkpoints, config, '
+         f'logs), xtuner_train.log, converted/ (the official-layout result)')
     return {'before': before, 'after': after}

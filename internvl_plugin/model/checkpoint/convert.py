@@ -25,7 +25,8 @@ def build_model_for_export(cfg: Any, dtype: torch.dtype):
     from ..internvl import InternVL_V1_5
     fields = plain_config(dict(cfg.model))
     model_type = fields.pop('type', InternVL_V1_5)
-    if getattr(model_type, '__name__', model_type) != 'InternVL_V1_5':
+    # A class, or its dotted name in the config xtuner train saves into the work_dir.
+    if str(getattr(model_type, '__name__', model_type)).rsplit('.', 1)[-1] != 'InternVL_V1_5':
         raise ValueError(f'the config builds {model_type}; expected model=dict(type=InternVL_V1_5, ...)')
     fields.update(quantization_llm=False, quantization_vit=False, use_activation_checkpointing=False,
                   pretrained_pth=None, torch_dtype=dtype)

@@ -1,0 +1,137 @@
+"""The real `xtuner train` CLI on the shipped configs (tiny checkpoint and data swapped in): full, LoRA, QLoRA,
+DeepSpeed ZeRO-2 in two processes, and --resume after the process is killed; each result converts with
+tools/convert_to_official.py into a model that loads. xtuner exits 0 even when training crashes: assert on files."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import needs_cpu_4bit
+from xtuner_cli import REPO, checkpoints, saved_config, tiny_options, xtuner_command, xtuner_env, xtuner_train
+
+from internvl_plugin import InternVL_V1_5
+from internvl_plugin.demo.shapes import write_split
+from internvl_plugin.model.checkpoint.trained import load_trained_state
+
+FULL = 'configs/v2_5/internvl_v2_5_qwen2_5_0_5b_finetune.py'
+LORA = 'configs/v2/internvl_v2_internlm2_2b_lora_finetune.py'
+QLORA = 'configs/v2_5/internvl_v2_5_internlm2_5_26b_qlora_finetune.py'
+ZERO2 = 'configs/v2_5/internvl_v2_5_internlm2_5_8b_finetune.py'
+
+
+@pytest.fixture(scope='module')
+def shapes_meta(tmp_path_factory):
+    """20 images x 10 repeats = 200 samples: 100 iterations at batch 2, long enough to kill a run midway."""
+    folder = tmp_path_factory.mktemp('shapes')
+    annotation = write_split(str(folder), 'train', 20, seed=0)
+    meta = folder / 'meta.json'
+    meta.write_text(json.dumps({'shapes': {'root': str(folder), 'annotation': annotation, 'repeat_time': 10}}))
+    return str(meta)
+
+
+def _trained(work_dir: str, log: str) -> str:
+    found = checkpoints(work_dir)
+    assert found, f'no checkpoint in {work_dir}; xtuner output:\n{log[-3000:]}'
+    return found[-1]
+
+
+def _convert(work_dir: str, config: str, checkpoint: str, out: str) -> InternVL_V1_5:
+    result = subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'convert_to_official.py'),
+                             saved_config(work_dir, config), checkpoint, out, '--dtype', 'float32'],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.path.isfile(os.path.join(out, 'config.json')) and glob.glob(os.path.join(out, '*.safetensors'))
+    return InternVL_V1_5(out, torch_dtype='float32', use_activation_checkpointing=False)
+
+
+def _llm_weight(model: InternVL_V1_5) -> torch.Tensor:
+    return model.model.language_model.state_dict()['model.layers.0.mlp.down_proj.weight'].float()
+
+
+def test_full_finetune_trains_mlp_and_llm_and_converts(tiny_checkpoint, shapes_meta, tmp_path):
+    base = tiny_checkpoint('qwen2')
+    work = str(tmp_path / 'work')
+    log = xtuner_train(FULL, work, tiny_options(base, shapes_meta, **{'optim_wrapper.optimizer.lr': 1e-3}))
+    checkpoint = _trained(work, log)
+    assert checkpoint.endswith('iter_100.pth') and 'loss:' in log
+    trained = load_trained_state(checkpoint)
+    assert any(k.startswith('model.mlp1.') for k in trained) and not any('vision_model' in k for k in trained)
+    converted = _convert(work, FULL, checkpoint, str(tmp_path / 'converted'))
+    assert torch.allclose(converted.model.mlp1[1].weight, trained['model.mlp1.1.weight'].float())
+    assert not torch.equal(_llm_weight(converted), _llm_weight(InternVL_V1_5(base, torch_dtype='float32')))
+
+
+@pytest.mark.parametrize('config,family,vit', [
+    pytest.param(LORA, 'internlm2', '300m', id='lora'),
+    pytest.param(QLORA, 'internlm2', '6b', id='qlora', marks=needs_cpu_4bit),
+])
+def test_lora_and_qlora_runs_keep_only_adapters_and_convert_merged(tiny_checkpoint, shapes_meta, tmp_path, config,
+                                                                   family, vit):
+    base = tiny_checkpoint(family, vit)
+    work = str(tmp_path / 'work')
+    log = xtuner_train(config, work, tiny_options(base, shapes_meta, **{'optim_wrapper.optimizer.lr': 1e-3}))
+    checkpoint = _trained(work, log)
+    trained = load_trained_state(checkpoint)
+    assert trained and all('lora_' in k for k in trained)  # ViT, MLP and LLM frozen: only adapters are saved
+    converted = _convert(work, config, checkpoint, str(tmp_path / 'converted'))
+    reference = InternVL_V1_5(base, torch_dtype='float32')
+    assert not torch.allclose(_llm_weight(converted), _llm_weight(reference), atol=1e-6)  # the merge changed it
+    assert torch.equal(converted.model.mlp1[1].weight, reference.model.mlp1[1].weight)
+
+
+def test_deepspeed_zero2_in_two_processes(tiny_checkpoint, shapes_meta, tmp_path):
+    base = tiny_checkpoint('internlm2')
+    work = str(tmp_path / 'work')
+    options = tiny_options(base, shapes_meta, **{'optim_wrapper.optimizer.lr': 1e-3})
+    log = xtuner_train(ZERO2, work, options, processes=2, port=29613, deepspeed='deepspeed_zero2')
+    checkpoint = _trained(work, log)
+    assert os.path.isdir(checkpoint) and checkpoint.endswith('iter_50.pth'), log[-3000:]  # 200 samples / (2 x 2)
+    partitions = sorted(os.path.basename(p)
+                        for p in glob.glob(os.path.join(checkpoint, '**', '*optim_states.pt'), recursive=True))
+    assert len(partitions) == 2 and 'zero_pp_rank_1' in partitions[1]  # optimizer state split across two ranks
+    converted = _convert(work, ZERO2, checkpoint, str(tmp_path / 'converted'))
+    assert not torch.equal(_llm_weight(converted), _llm_weight(InternVL_V1_5(base, torch_dtype='float32')))
+
+
+def _last_checkpoint_iteration(work_dir: str) -> int:
+    marker = os.path.join(work_dir, 'last_checkpoint')
+    if not os.path.isfile(marker):
+        return 0
+    name = open(marker).read().strip()
+    return int(name.rsplit('iter_', 1)[1].split('.')[0]) if 'iter_' in name else 0
+
+
+def test_resume_after_kill_continues_with_optimizer_and_scheduler_state(tiny_checkpoint, shapes_meta, tmp_path):
+    """Killed at a checkpoint and resumed, the run ends with the same weights as one that never stopped: the
+    Adam moments, the learning-rate schedule and the data order all continued (torch >= 2.6 included)."""
+    base = tiny_checkpoint('qwen2')
+    # fp32 and no ViT drop path (its random state is not part of a checkpoint), so both runs are deterministic.
+    options = tiny_options(base, shapes_meta, interval=5, **{
+        'model.torch_dtype': 'float32', 'model.drop_path_rate': 0.0, 'optim_wrapper.optimizer.lr': 1e-3})
+    interrupted = str(tmp_path / 'interrupted')
+    process = subprocess.Popen(xtuner_command(FULL, interrupted, options), env=xtuner_env(port=29614),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while _last_checkpoint_iteration(interrupted) < 10 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = _last_checkpoint_iteration(interrupted)
+    assert 10 <= killed_at < 100, f'the run was not killed midway (last checkpoint: iteration {killed_at})'
+    resume_from = open(os.path.join(interrupted, 'last_checkpoint')).read().strip()
+    log = xtuner_train(FULL, interrupted, options, resume=resume_from, seed=None)
+    assert f'resumed epoch: 0, iter: {killed_at}' in log, log[-3000:]
+    assert f'Iter(train) [{killed_at + 1:3d}/100]' in log and 'Iter(train) [100/100]' in log
+
+    uninterrupted = str(tmp_path / 'uninterrupted')
+    xtuner_train(FULL, uninterrupted, options)
+    resumed_state = load_trained_state(os.path.join(interrupted, 'iter_100.pth'))
+    reference = load_trained_state(os.path.join(uninterrupted, 'iter_100.pth'))
+    assert resumed_state.keys() == reference.keys()
+    for key, tensor in reference.items():
+        assert torch.allclose(resumed_state[key], tensor, atol=1e-6), key

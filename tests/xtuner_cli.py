@@ -1,0 +1,73 @@
+"""Runs the real `xtuner train` CLI on a config with a tiny checkpoint and tiny data (the test harness).
+
+`xtuner train` exits 0 even when training crashes, so callers check the files it leaves in the work dir.
+"""
+import glob
+import os
+import re
+import subprocess
+import sys
+from typing import Dict, List, Optional
+
+SHIMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cpu_shims')
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_options(model_path: str, meta_path: str, interval: int = 1000, batch_size: int = 2,
+                 **extra: object) -> Dict[str, object]:
+    """--cfg-options that point a config at a tiny checkpoint and data and make it run on a CPU."""
+    options = {
+        'model.model_path': model_path, 'train_dataloader.dataset.model_path': model_path,
+        'train_dataloader.dataset.meta_path': meta_path, 'train_dataloader.num_workers': 0,
+        'train_dataloader.batch_size': batch_size, 'train_dataloader.sampler.per_device_batch_size': batch_size,
+        'optim_wrapper.accumulative_counts': 1, 'default_hooks.checkpoint.interval': interval,
+        'default_hooks.logger.interval': 1, 'env_cfg.dist_cfg.backend': 'gloo',
+    }
+    options.update(extra)
+    return options
+
+
+def xtuner_command(config: str, work_dir: str, options: Dict[str, object], deepspeed: Optional[str] = None,
+                   resume: Optional[str] = None, seed: Optional[int] = 0) -> List[str]:
+    command = [os.path.join(os.path.dirname(sys.executable), 'xtuner'), 'train', os.path.join(REPO, config),
+               '--work-dir', work_dir, '--cfg-options'] + [f'{k}={v}' for k, v in options.items()]
+    if deepspeed:
+        command += ['--deepspeed', deepspeed]
+    if resume:
+        command += ['--resume', resume]
+    if seed is not None:
+        command += ['--seed', str(seed)]
+    return command
+
+
+def xtuner_env(processes: int = 1, port: int = 29600) -> Dict[str, str]:
+    """PATH with this interpreter's bin first (xtuner starts `python` / `torchrun` from PATH), the CPU shims, and
+    the rendezvous variables DeepSpeed wants even in one process."""
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH'],
+               PYTHONPATH=SHIMS + os.pathsep + os.environ.get('PYTHONPATH', ''), MASTER_ADDR='127.0.0.1',
+               MASTER_PORT=str(port), OMP_NUM_THREADS='2')
+    if processes > 1:
+        env['NPROC_PER_NODE'] = str(processes)
+        env['PORT'] = str(port)
+    else:
+        env.update(RANK='0', WORLD_SIZE='1', LOCAL_RANK='0')
+    return env
+
+
+def xtuner_train(config: str, work_dir: str, options: Dict[str, object], processes: int = 1, port: int = 29600,
+                 timeout: int = 600, **kwargs) -> str:
+    """Runs training to the end; returns its output."""
+    result = subprocess.run(xtuner_command(config, work_dir, options, **kwargs), env=xtuner_env(processes, port),
+                            capture_output=True, text=True, timeout=timeout)
+    return result.stdout + result.stderr
+
+
+def checkpoints(work_dir: str) -> List[str]:
+    """iter_N.pth files or DeepSpeed folders, by iteration."""
+    found = glob.glob(os.path.join(work_dir, 'iter_*.pth'))
+    return sorted(found, key=lambda p: int(re.search(r'iter_(\d+)\.pth$', p).group(1)))
+
+
+def saved_config(work_dir: str, config: str) -> str:
+    """The config with the overrides applied, as xtuner train saved it into the work dir."""
+    return os.path.join(work_dir, os.path.basename(config))
