@@ -40,6 +40,15 @@ RELEASED = {
 V1_2 = 'internvl_v1_2_hermes2_yi_34b_finetune.py'
 
 
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """Parsing a config sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD (for --resume); keep it out of the other tests."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 def _mode(path: str) -> str:
     name = os.path.basename(path)
     return 'qlora' if name.endswith('qlora_finetune.py') else 'lora' if name.endswith('lora_finetune.py') else 'full'
@@ -62,7 +71,9 @@ def test_the_tree_has_every_model_and_mode():
 
 @pytest.mark.parametrize('path', [pytest.param(p, id=os.path.relpath(p, CONFIG_DIR)) for p in CONFIGS])
 def test_config_follows_the_official_recipe(path):
+    os.environ.pop('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', None)
     cfg = Config.fromfile(path)
+    assert os.environ['TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'] == '1'  # --resume loads mmengine's state on torch >= 2.6
     text = open(path).read()
     mode = _mode(path)
     billions = 34 if path.endswith(V1_2) else RELEASED[cfg.path][2]

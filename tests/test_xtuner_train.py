@@ -66,16 +66,19 @@ def test_full_finetune_trains_mlp_and_llm_and_converts(tiny_checkpoint, shapes_m
     assert not torch.equal(_llm_weight(converted), _llm_weight(InternVL_V1_5(base, torch_dtype='float32')))
 
 
-@pytest.mark.parametrize('config,family,vit', [
-    pytest.param(LORA, 'internlm2', '300m', id='lora'),
-    pytest.param(QLORA, 'internlm2', '6b', id='qlora', marks=needs_cpu_4bit),
+@pytest.mark.parametrize('config,family,vit,deepspeed', [
+    pytest.param(LORA, 'internlm2', '300m', None, id='lora'),
+    # As the QLoRA configs say to launch them: one process with ZeRO-2 for bf16 mixed precision.
+    pytest.param(QLORA, 'internlm2', '6b', 'deepspeed_zero2', id='qlora-zero2', marks=needs_cpu_4bit),
 ])
 def test_lora_and_qlora_runs_keep_only_adapters_and_convert_merged(tiny_checkpoint, shapes_meta, tmp_path, config,
-                                                                   family, vit):
+                                                                   family, vit, deepspeed):
     base = tiny_checkpoint(family, vit)
     work = str(tmp_path / 'work')
-    log = xtuner_train(config, work, tiny_options(base, shapes_meta, **{'optim_wrapper.optimizer.lr': 1e-3}))
+    log = xtuner_train(config, work, tiny_options(base, shapes_meta, **{'optim_wrapper.optimizer.lr': 1e-3}),
+                       deepspeed=deepspeed, port=29615)
     checkpoint = _trained(work, log)
+    assert os.path.isdir(checkpoint) == bool(deepspeed)
     trained = load_trained_state(checkpoint)
     assert trained and all('lora_' in k for k in trained)  # ViT, MLP and LLM frozen: only adapters are saved
     converted = _convert(work, config, checkpoint, str(tmp_path / 'converted'))
