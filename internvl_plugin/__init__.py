@@ -1,7 +1,8 @@
 """internvl_plugin: fine-tune InternVL with XTuner / MMEngine configs."""
-from .dataset import InternVL_V1_5_Dataset, internvl_collate_fn
+from .dataset import InternVL_V1_5_Dataset, PackedDataset, internvl_collate_fn
 from .model import InternVL_V1_5, InternVLAdamW
 from .schedule import CosineLR, WarmupLR
 
 __version__ = '0.1.0'
-__all__ = ['InternVL_V1_5', 'InternVLAdamW', 'InternVL_V1_5_Dataset', 'internvl_collate_fn', 'WarmupLR', 'CosineLR']
+__all__ = ['InternVL_V1_5', 'InternVLAdamW', 'InternVL_V1_5_Dataset', 'PackedDataset', 'internvl_collate_fn', 'WarmupLR',
+           'CosineLR']

@@ -1,4 +1,5 @@
 """Checkpoint folders as files: hub ids, JSON with positions in errors, the tokenizer. Both wings read these."""
+import importlib
 import json
 import os
 import re
@@ -60,3 +61,24 @@ def plain_config(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(plain_config(v) for v in value)
     return value
+
+
+def build_from_config(spec: Any) -> Any:
+    """An object as is, or an MMEngine/XTuner-style dict whose `type` builds it with the other keys: a class or a
+    function, a lazy import from a config file, or a dotted name (as in the config xtuner saves to the work dir)."""
+    if not isinstance(spec, dict):
+        return spec
+    kwargs = dict(spec)
+    builder = kwargs.pop('type')
+    if isinstance(builder, str):
+        module, _, name = builder.rpartition('.')
+        builder = getattr(importlib.import_module(module), name)
+    builder = builder.build() if hasattr(builder, 'build') else builder
+    return builder(**kwargs)
+
+
+def train_dataset_config(cfg: Any) -> Dict[str, Any]:
+    """The training config's InternVL dataset settings as a plain dict (unwrapped from a PackedDataset)."""
+    dataset = plain_config(dict(cfg.get('train_dataloader', {}).get('dataset', {}))) if hasattr(cfg, 'get') else {}
+    inner = dataset.get('dataset')
+    return dict(inner) if isinstance(inner, dict) else dataset

@@ -41,6 +41,15 @@ def _seeded():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """Parsing a shipped config sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD (for --resume); keep it in its test."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """INTERNVL_NO_SKIP=1 (the newest-versions CI run) turns any skipped test into a failed run."""
     skipped = terminalreporter.stats.get('skipped', [])

@@ -40,15 +40,6 @@ RELEASED = {
 V1_2 = 'internvl_v1_2_hermes2_yi_34b_finetune.py'
 
 
-@pytest.fixture(autouse=True)
-def _restore_environment():
-    """Parsing a config sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD (for --resume); keep it out of the other tests."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
-
-
 def _mode(path: str) -> str:
     name = os.path.basename(path)
     return 'qlora' if name.endswith('qlora_finetune.py') else 'lora' if name.endswith('lora_finetune.py') else 'full'

@@ -12,7 +12,8 @@ import time
 import pytest
 import torch
 from conftest import needs_cpu_4bit
-from xtuner_cli import REPO, checkpoints, saved_config, tiny_options, xtuner_command, xtuner_env, xtuner_train
+from xtuner_cli import (REPO, checkpoints, packed_config, saved_config, tiny_options, xtuner_command, xtuner_env,
+                        xtuner_train)
 
 from internvl_plugin import InternVL_V1_5
 from internvl_plugin.demo.shapes import write_split
@@ -98,6 +99,22 @@ def test_deepspeed_zero2_in_two_processes(tiny_checkpoint, shapes_meta, tmp_path
                         for p in glob.glob(os.path.join(checkpoint, '**', '*optim_states.pt'), recursive=True))
     assert len(partitions) == 2 and 'zero_pp_rank_1' in partitions[1]  # optimizer state split across two ranks
     converted = _convert(work, ZERO2, checkpoint, str(tmp_path / 'converted'))
+    assert not torch.equal(_llm_weight(converted), _llm_weight(InternVL_V1_5(base, torch_dtype='float32')))
+
+
+def test_packed_training_with_deepspeed_zero2(tiny_checkpoint, shapes_meta, tmp_path):
+    """The 8B config with its dataset packed (4096-token packs, 'square' loss) under xtuner train + ZeRO-2."""
+    base = tiny_checkpoint('internlm2')
+    config = packed_config(ZERO2, str(tmp_path / 'packed.py'), max_packed_tokens=4096)
+    options = tiny_options(base, shapes_meta, batch_size=1, **{'train_dataloader.dataset.dataset.max_length': 4096})
+    for key in ('model_path', 'meta_path'):
+        options[f'train_dataloader.dataset.dataset.{key}'] = options.pop(f'train_dataloader.dataset.{key}')
+    work = str(tmp_path / 'work')
+    log = xtuner_train(config, work, options, deepspeed='deepspeed_zero2', port=29616)
+    checkpoint = _trained(work, log)
+    # 200 samples of 301 tokens: 13 per 4096-token pack -> 16 packs, one a step.
+    assert checkpoint.endswith('iter_16.pth'), log[-3000:]
+    converted = _convert(work, config, checkpoint, str(tmp_path / 'converted'))
     assert not torch.equal(_llm_weight(converted), _llm_weight(InternVL_V1_5(base, torch_dtype='float32')))
 
 

@@ -71,3 +71,15 @@ def checkpoints(work_dir: str) -> List[str]:
 def saved_config(work_dir: str, config: str) -> str:
     """The config with the overrides applied, as xtuner train saved it into the work dir."""
     return os.path.join(work_dir, os.path.basename(config))
+
+
+def packed_config(config: str, out_path: str, max_packed_tokens: int, loss_reduction: str = 'square') -> str:
+    """The shipped `config` with its dataset wrapped in PackedDataset, saved as a standalone config file."""
+    from mmengine.config import Config
+    from mmengine.config.lazy import LazyObject
+    cfg = Config.fromfile(os.path.join(REPO, config))
+    cfg.train_dataloader.dataset = dict(type=LazyObject('internvl_plugin', 'PackedDataset'),
+                                        dataset=cfg.train_dataloader.dataset, max_packed_tokens=max_packed_tokens)
+    cfg.model.loss_reduction = loss_reduction
+    cfg.dump(out_path)
+    return out_path

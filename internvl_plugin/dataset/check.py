@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
-from ..files import plain_config
+from ..files import train_dataset_config
 from .internvl_dataset import InternVL_V1_5_Dataset, SampleDropped
 from .samples import Sample, SampleError
 from .sources import read_annotation
@@ -46,7 +46,7 @@ def dataset_kwargs(inputs: List[str], overrides: Dict[str, Any]) -> Dict[str, An
     """InternVL_V1_5_Dataset arguments from a training config, or from a meta JSON and/or json/jsonl files."""
     if len(inputs) == 1 and inputs[0].endswith('.py'):
         from mmengine.config import Config
-        dataset = plain_config(dict(Config.fromfile(inputs[0]).get('train_dataloader', {}).get('dataset', {})))
+        dataset = train_dataset_config(Config.fromfile(inputs[0]))
         if not dataset:
             raise ValueError(f'{inputs[0]}: no train_dataloader.dataset to check')
         dataset.pop('type', None)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..files import load_tokenizer, read_json, resolve_model_path
+from ..files import build_from_config, load_tokenizer, read_json, resolve_model_path
 from .image import ImageSettings, TileLimits, jpeg_recompress, resize_tile, tiles_to_tensor
 from .samples import Sample, SampleError, expand_video, missing_media, parse_sample
 from .sources import DataError, DataSource, LineStore, read_annotation, read_meta, repeat_indices, xtuner_sources
@@ -50,12 +50,7 @@ def _build_tokenizer(tokenizer: Any) -> Any:
     tokenizer gets the InternVL special tokens (what a model assembled from parts uses)."""
     if isinstance(tokenizer, str):
         return load_tokenizer(resolve_model_path(tokenizer), add_internvl_tokens=True)
-    if not isinstance(tokenizer, dict):
-        return tokenizer
-    kwargs = dict(tokenizer)
-    builder = kwargs.pop('type')
-    builder = builder.build() if hasattr(builder, 'build') else builder
-    return builder(**kwargs)
+    return build_from_config(tokenizer)
 
 
 class InternVL_V1_5_Dataset(Dataset):
@@ -118,6 +113,7 @@ class InternVL_V1_5_Dataset(Dataset):
             raise ValueError('no data: pass meta_path (InternVL meta JSON) and/or data_paths')
         self._load_sources(seed)
         self._lengths: Optional[np.ndarray] = None
+        self._tiles: Optional[np.ndarray] = None
         self._warned: set = set()
 
     # ---- building -------------------------------------------------------------------------------------------
@@ -180,18 +176,26 @@ class InternVL_V1_5_Dataset(Dataset):
         """As `length`, negative for text-only samples (XTuner's sampler groups the two kinds apart)."""
         return self._signed_lengths().tolist()
 
+    @property
+    def tile_counts(self) -> List[int]:
+        """Estimated tiles per sample (exact from width/height, the budget without them; videos: max frames)."""
+        self._signed_lengths()
+        return self._tiles[self._index].tolist()
+
     def _signed_lengths(self) -> np.ndarray:
         """Per sample (repeats included), computed once per stored line on first use."""
         if self._lengths is None:
-            self._lengths = self._estimate_lengths()
+            self._lengths, self._tiles = self._estimate_lengths()
         return self._lengths[self._index]
 
-    def _estimate_lengths(self) -> np.ndarray:
+    def _estimate_lengths(self) -> Tuple[np.ndarray, np.ndarray]:
         lengths = np.zeros(len(self._store), dtype=np.int64)
+        tiles = np.zeros(len(self._store), dtype=np.int64)
         for row in self.scan():
             total = row.sample.length if row.sample.length is not None else row.text_tokens + row.image_tokens
             lengths[row.line] = total if row.sample.images or row.sample.video is not None else -total
-        return lengths
+            tiles[row.line] = sum(row.tiles)
+        return lengths, tiles
 
     def scan(self, image_sizes: Optional[Callable[[int, Sample], List[Optional[Tuple[int, int]]]]] = None,
              count_known_lengths: bool = False, chunk: int = 1024) -> Iterator['ScanRow']:

@@ -13,6 +13,7 @@ from .checkpoint.trained import apply_trained_state, load_trained_state
 from .lora import LLM_LORA_TARGETS, VISION_LORA_TARGETS, build_lora_config
 from .modeling.internvl_chat import InternVLChatModel
 from .modeling.llm import llm_family
+from .modeling.segments import LOSS_REDUCTIONS
 from .optim import mark_parts
 from .quantization import bnb_4bit_config, quantize_linears_4bit
 
@@ -39,6 +40,8 @@ class InternVL_V1_5(BaseModel):
     Loads an official checkpoint folder or hub id (`model_path`), or assembles a new model from a vision
     checkpoint and an LLM checkpoint (`vision_model_path` + `llm_path`, with a fresh `mlp1`), as the
     InternVL-Chat-V1-2 recipe does. `state_dict()` holds only what trains, so LoRA checkpoints stay small.
+    `loss_reduction` weighs each supervised token 1 ('token'), 1/n ('sample') or 1/sqrt(n) ('square') for a sample
+    of n supervised tokens, as InternVL 2.5's packed training does.
     """
 
     def __init__(self, model_path: Optional[str] = None, freeze_llm: bool = False,
@@ -48,9 +51,12 @@ class InternVL_V1_5(BaseModel):
                  torch_dtype: Union[str, torch.dtype] = 'bfloat16', attn_implementation: str = 'sdpa',
                  drop_path_rate: Optional[float] = None, vision_model_path: Optional[str] = None,
                  llm_path: Optional[str] = None, template: Optional[str] = None, ps_version: str = 'v2',
-                 downsample_ratio: float = 0.5, select_layer: int = -1, data_preprocessor: Optional[dict] = None,
-                 init_cfg: Optional[dict] = None):
+                 downsample_ratio: float = 0.5, select_layer: int = -1, loss_reduction: str = 'token',
+                 data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"loss_reduction '{loss_reduction}' is not one of {LOSS_REDUCTIONS}")
+        self.loss_reduction = loss_reduction
         self.dtype = parse_dtype(torch_dtype)
         if model_path is not None:
             if vision_model_path or llm_path:
@@ -116,11 +122,12 @@ class InternVL_V1_5(BaseModel):
         return OrderedDict((k, v) for k, v in full.items() if k in trainable)
 
     def forward(self, data: Dict[str, Any], data_samples: Any = None, mode: str = 'loss'):
-        """'loss': {'loss': token-mean cross-entropy}; 'predict' / 'tensor': the logits."""
+        """'loss': {'loss': cross-entropy weighed per `loss_reduction`}; 'predict' / 'tensor': the logits."""
         logits, loss = self.model(
             input_ids=data['input_ids'], pixel_values=data.get('pixel_values'),
             image_flags=data.get('image_flags'), attention_mask=data.get('attention_mask'),
-            position_ids=data.get('position_ids'), labels=data.get('labels') if mode == 'loss' else None)
+            position_ids=data.get('position_ids'), labels=data.get('labels') if mode == 'loss' else None,
+            segment_ids=data.get('segment_ids'), loss_reduction=self.loss_reduction)
         if mode == 'loss':
             return {'loss': loss}
         if mode in ('predict', 'tensor'):

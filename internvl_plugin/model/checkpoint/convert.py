@@ -3,7 +3,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from ...files import plain_config
+from ...files import plain_config, train_dataset_config
 from .export import DEFAULT_MAX_SHARD_BYTES, save_hf, save_official
 from .trained import apply_trained_state, load_trained_state
 
@@ -16,8 +16,8 @@ _DATASET_TO_CONFIG = {'template': 'template', 'min_dynamic_patch': 'min_dynamic_
 
 def training_settings(cfg: Any) -> Dict[str, Any]:
     """Template and tiling settings of the training dataset, in config.json names."""
-    dataset = cfg.get('train_dataloader', {}).get('dataset', {}) if hasattr(cfg, 'get') else {}
-    return {dst: plain_config(dataset[src]) for src, dst in _DATASET_TO_CONFIG.items() if dataset.get(src) is not None}
+    dataset = train_dataset_config(cfg)
+    return {dst: dataset[src] for src, dst in _DATASET_TO_CONFIG.items() if dataset.get(src) is not None}
 
 
 def build_model_for_export(cfg: Any, dtype: torch.dtype):

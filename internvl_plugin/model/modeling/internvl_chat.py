@@ -6,14 +6,13 @@ Phi3 the official state-dict keys are this module's keys; InternLM2 goes through
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .intern_vit import InternVisionModel
+from .segments import block_causal_mask, causal_lm_loss, is_packed
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IGNORE_INDEX = -100
 
 
 def pixel_shuffle(x: torch.Tensor, ratio: float, ps_version: str = 'v2') -> torch.Tensor:
@@ -103,21 +102,24 @@ class InternVLChatModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, pixel_values: Optional[torch.Tensor] = None,
                 image_flags: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
-                position_ids: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None):
-        """Returns (logits, loss); loss is the token-mean cross-entropy over labels != -100 (None without labels)."""
+                position_ids: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
+                segment_ids: Optional[torch.Tensor] = None, loss_reduction: str = 'token'):
+        """Returns (logits, loss); loss weighs labels != -100 per `loss_reduction` (None without labels).
+
+        Packed rows (several samples, `segment_ids` > 1) attend within each sample: flash attention 2 goes
+        variable-length from the restarting `position_ids`; SDPA and eager get a block-diagonal causal mask."""
         embeds = self.embed(input_ids, pixel_values, image_flags)
+        if is_packed(segment_ids):
+            if self.language_model.config._attn_implementation == 'flash_attention_2':
+                attention_mask = None
+            else:
+                attention_mask = block_causal_mask(segment_ids.to(embeds.device), embeds.dtype)
         out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                                   use_cache=False)
         logits = out.logits
         if labels is None:
             return logits, None
-        shift_logits = logits[:, :-1, :].float()
-        shift_labels = labels[:, 1:].to(logits.device)
-        loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                               ignore_index=IGNORE_INDEX, reduction='sum')
-        n_supervised = (shift_labels != IGNORE_INDEX).sum()
-        # A batch without supervised tokens yields 0 (with a graph), not NaN.
-        return logits, loss / n_supervised.clamp(min=1)
+        return logits, causal_lm_loss(logits, labels, segment_ids, loss_reduction)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, pixel_values: Optional[torch.Tensor] = None,
