@@ -4,5 +4,5 @@ from .model import InternVL_V1_5, InternVLAdamW
 from .schedule import CosineLR, WarmupLR
 
 __version__ = '0.1.0'
-__all__ = ['InternVL_V1_5', 'InternVLAdamW', 'InternVL_V1_5_Dataset', 'PackedDataset', 'internvl_collate_fn', 'WarmupLR',
-           'CosineLR']
+__all__ = ['InternVL_V1_5', 'InternVLAdamW', 'InternVL_V1_5_Dataset', 'PackedDataset', 'internvl_collate_fn',
+           'WarmupLR', 'CosineLR']
