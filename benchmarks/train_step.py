@@ -9,7 +9,6 @@ padding share, and the packed / unpacked ratio, side by side in one run. Absolut
 GPU; the ratio is the result. Real-shape GPU numbers (--size) are not implemented yet.
 """
 import argparse
-import json
 import os
 import random
 import tempfile
@@ -17,35 +16,9 @@ import time
 from typing import Dict, List
 
 import torch
-from PIL import Image
 
 from internvl_plugin import InternVL_V1_5, InternVL_V1_5_Dataset, PackedDataset, internvl_collate_fn
-from internvl_plugin.tiny import build_tiny_checkpoint
-
-SIZES = [(448, 448), (900, 300), (300, 700), (1200, 900)]
-WORDS = ['red', 'green', 'blue', 'big', 'small', 'circle', 'square']
-
-
-def write_workload(folder: str, count: int, seed: int = 0) -> str:
-    rng = random.Random(seed)
-    for i, size in enumerate(SIZES):
-        Image.new('RGB', size, (40 * i, 120, 200)).save(os.path.join(folder, f'{i}.png'))
-    path = os.path.join(folder, 'mixed.jsonl')
-    with open(path, 'w') as f:
-        for i in range(count):
-            answer = ' '.join(rng.choice(WORDS) for _ in range(rng.randint(1, 60)))
-            record: Dict = {'conversations': [{'from': 'human', 'value': 'Describe.'}, {'from': 'gpt', 'value': answer}]}
-            if i % 4 == 1:
-                w, h = SIZES[i % 4]
-                record.update(image=f'{i % 4}.png', width=w, height=h)
-                record['conversations'][0]['value'] = '<image>\nDescribe.'
-            elif i % 4 == 2:
-                record.update(image=['0.png', '1.png'], width=[448, 900], height=[448, 300])
-                record['conversations'][0]['value'] = '<image>\n<image>\nCompare.'
-            elif i % 4 == 3:
-                record['conversations'][1]['value'] = answer * 4
-            f.write(json.dumps(record) + '\n')
-    return path
+from internvl_plugin.tiny import build_tiny_checkpoint, write_mixed_workload
 
 
 def model_for(mode: str, base: str) -> InternVL_V1_5:
@@ -87,7 +60,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         base = os.path.join(folder, 'tiny')
         build_tiny_checkpoint(base, llm='qwen2')
-        dataset = InternVL_V1_5_Dataset(model_path=base, data_paths=[write_workload(folder, args.samples)],
+        dataset = InternVL_V1_5_Dataset(model_path=base, data_paths=[write_mixed_workload(folder, args.samples)],
                                         max_length=4096, max_dynamic_patch=4)
         packed = PackedDataset(dataset, max_packed_tokens=4096, max_packed_tiles=16)
         order = random.Random(0).sample(range(len(dataset)), len(dataset))

@@ -179,14 +179,17 @@ class InternVL_V1_5_Dataset(Dataset):
     @property
     def tile_counts(self) -> List[int]:
         """Estimated tiles per sample (exact from width/height, the budget without them; videos: max frames)."""
-        self._signed_lengths()
-        return self._tiles[self._index].tolist()
+        return self._estimates()[1][self._index].tolist()
 
     def _signed_lengths(self) -> np.ndarray:
-        """Per sample (repeats included), computed once per stored line on first use."""
+        """Per sample (repeats included)."""
+        return self._estimates()[0][self._index]
+
+    def _estimates(self) -> Tuple[np.ndarray, np.ndarray]:
+        """Signed lengths and tiles per stored line, computed once on first use."""
         if self._lengths is None:
             self._lengths, self._tiles = self._estimate_lengths()
-        return self._lengths[self._index]
+        return self._lengths, self._tiles
 
     def _estimate_lengths(self) -> Tuple[np.ndarray, np.ndarray]:
         lengths = np.zeros(len(self._store), dtype=np.int64)

@@ -64,24 +64,17 @@ class PackedDataset(Dataset):
             raise ValueError(f'max_packed_tokens {max_packed_tokens} is below the dataset max_length {max_length}: '
                              'a sample must fit in one pack')
         self.max_packed_tokens, self.max_packed_tiles = max_packed_tokens, max_packed_tiles
-        tokens = np.minimum(self.dataset.length, max_length)
-        self._tokens = tokens
-        self._tiles = np.asarray(self.dataset.tile_counts)
-        self.packs = plan_packs(tokens, self._tiles, max_packed_tokens, max_packed_tiles)
-        self._has_images = np.asarray(self.dataset.modality_length) > 0
+        signed = np.asarray(self.dataset.modality_length)
+        tokens = np.minimum(np.abs(signed), max_length)
+        self.packs = plan_packs(tokens, self.dataset.tile_counts, max_packed_tokens, max_packed_tiles)
+        self.length: List[int] = [int(tokens[pack].sum()) for pack in self.packs]
+        # As `length`, negative for packs without any image (XTuner's sampler groups the two kinds apart).
+        self.modality_length: List[int] = [length if (signed[pack] > 0).any() else -length
+                                           for pack, length in zip(self.packs, self.length)]
         self.pad_token_id = self.dataset.pad_token_id
 
     def __len__(self) -> int:
         return len(self.packs)
-
-    @property
-    def length(self) -> List[int]:
-        return [int(self._tokens[pack].sum()) for pack in self.packs]
-
-    @property
-    def modality_length(self) -> List[int]:
-        """As `length`, negative for packs without any image."""
-        return [int(self._tokens[pack].sum()) * (1 if self._has_images[pack].any() else -1) for pack in self.packs]
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
         items, total = [], 0
