@@ -4,7 +4,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from PIL import Image
 
-from .dataset.image import ImageSettings, tiles_to_tensor
+from .dataset.image import ImageSettings
 from .dataset.templates import IMAGE_PLACEHOLDER, TemplateEncoder, Turn, get_template
 from .model.internvl import InternVL_V1_5
 
@@ -27,14 +27,14 @@ class ChatSession:
         self.unplaced_images = 0   # shown images whose placeholders the next question gets
 
     def show(self, images: Sequence[Image.Image]) -> None:
-        """Tiles the images as training does; they go before the next question."""
+        """Tiles the images as training does (a JPEG not loaded yet is decoded at the scale its tiles need);
+        they go before the next question."""
         tiles = []
         limits = self.image.limits(len(images))
         for image in images:
-            image_tiles = self.image.tile(image.convert('RGB'), limits)
-            self.image_tokens.append(len(image_tiles) * self.image.tokens_per_tile)
-            tiles += image_tiles
-        shown = tiles_to_tensor(tiles)
+            tiles.append(self.image.tile(image, limits))
+            self.image_tokens.append(len(tiles[-1]) * self.image.tokens_per_tile)
+        shown = torch.cat(tiles)
         self.pixel_values = shown if self.pixel_values is None else torch.cat([self.pixel_values, shown])
         self.unplaced_images += len(images)
 

@@ -160,6 +160,18 @@ def test_data_augment_recompresses_tiles(tiny_checkpoint, photo_data):
     assert plain.shape == augmented.shape and not torch.equal(plain, augmented)
 
 
+def test_exact_pixels_gives_the_official_pil_tiles_and_the_default_the_fast_ones(tiny_checkpoint, tmp_path):
+    from internvl_plugin.dataset.image import dynamic_tiles
+    from internvl_plugin.tiny import photo_paths, write_photos
+    name = write_photos(str(tmp_path), sizes=[(1920, 1080)], photos=[photo_paths()[0]])[0]
+    common = dict(data_paths=[write_jsonl(tmp_path / 'a.jsonl', [qa(image=name)])], max_dynamic_patch=6)
+    exact = dataset(tiny_checkpoint, exact_pixels=True, **common)[0]['pixel_values']
+    fast = dataset(tiny_checkpoint, **common)[0]['pixel_values']
+    assert torch.equal(exact, dynamic_tiles(Image.open(tmp_path / name), 1, 6, 448, True, exact=True))
+    assert torch.equal(fast, dynamic_tiles(Image.open(tmp_path / name), 1, 6, 448, True))
+    assert fast.shape == exact.shape and not torch.equal(fast, exact)
+
+
 # ---- lengths --------------------------------------------------------------------------------------------------
 
 def test_lengths_come_from_sizes_without_opening_images(tiny_checkpoint, photo_data, monkeypatch):

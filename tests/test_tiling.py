@@ -1,4 +1,5 @@
-"""Dynamic tiling: grids worked out by hand from the official rule, tile order, thumbnail, normalisation."""
+"""Dynamic tiling: grids worked out by hand from the official rule, tile order, thumbnail, normalisation, and the
+fast pixel path against the exact one on photos."""
 import random
 
 import numpy as np
@@ -6,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from internvl_plugin.dataset.image import (candidate_grids, choose_grid, count_tiles, dynamic_tiles, jpeg_recompress,
-                                           tiles_to_tensor)
+from internvl_plugin.dataset.image import (candidate_grids, choose_grid, count_tiles, decode, dynamic_tiles,
+                                           jpeg_recompress, pixels_of)
+from internvl_plugin.tiny import photo_paths, write_photos
 
 # (width, height, min tiles, max tiles) -> (cols, rows); comments give the reasoning at 448 px tiles.
 GRIDS = [
@@ -47,18 +49,46 @@ def _gradient(width, height):
     return Image.fromarray(rgb.astype(np.uint8))
 
 
-def test_tiles_are_cut_row_by_row_from_the_bicubic_resize_and_end_with_a_thumbnail():
+def _hwc(tile: torch.Tensor) -> np.ndarray:
+    return tile.permute(1, 2, 0).numpy()
+
+
+def test_exact_tiles_are_cut_row_by_row_from_the_pil_bicubic_resize_and_end_with_a_thumbnail():
     image = _gradient(1000, 700)
     cols, rows = choose_grid(1000, 700, 1, 6, 448)
     assert (cols, rows) == (3, 2)
-    tiles = dynamic_tiles(image, 1, 6, 448, use_thumbnail=True)
-    assert len(tiles) == 7 and all(t.size == (448, 448) for t in tiles)
+    tiles = dynamic_tiles(image, 1, 6, 448, use_thumbnail=True, exact=True)
+    assert tiles.shape == (7, 3, 448, 448) and tiles.dtype == torch.uint8
     resized = np.asarray(image.resize((3 * 448, 2 * 448), Image.BICUBIC))
-    second_row_first = np.asarray(tiles[3])
-    assert np.array_equal(second_row_first, resized[448:896, 0:448])
-    assert np.array_equal(np.asarray(tiles[2]), resized[0:448, 896:1344])
-    assert np.array_equal(np.asarray(tiles[-1]), np.asarray(image.resize((448, 448), Image.BICUBIC)))
+    assert np.array_equal(_hwc(tiles[3]), resized[448:896, 0:448])    # second row, first column
+    assert np.array_equal(_hwc(tiles[2]), resized[0:448, 896:1344])
+    assert np.array_equal(_hwc(tiles[-1]), np.asarray(image.resize((448, 448), Image.BICUBIC)))
     assert len(dynamic_tiles(image, 1, 6, 448, use_thumbnail=False)) == 6
+
+
+def test_fast_tiles_stay_within_the_stated_tolerance_of_the_official_ones_on_photos(tmp_path):
+    """Torch's uint8 bicubic and the draft decode against a full decode + PIL resize (image.py states the bound)."""
+    chosen = [p for p in photo_paths() if any(name in p for name in ('hubble', 'grace_hopper', 'coffee'))]
+    names = write_photos(str(tmp_path), sizes=[None, (4032, 3024), (1920, 1080), (3000, 1000)], photos=chosen)
+    means, far = [], []
+    for name in names:
+        for budget in (1, 6, 12):
+            exact = dynamic_tiles(Image.open(tmp_path / name), 1, budget, 448, True, exact=True)
+            fast = dynamic_tiles(Image.open(tmp_path / name), 1, budget, 448, True)
+            assert fast.shape == exact.shape and fast.dtype == torch.uint8
+            difference = (fast.int() - exact.int()).abs().float()
+            means.append(difference.mean().item())
+            far.append((difference > 2).float().mean().item())
+    assert max(means) < 0.25 and max(far) <= 0.001, (max(means), max(far))
+    assert max(means) > 0   # a different computation; equality everywhere would mean it is not in use
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_that_still_covers_twice_the_grid(tmp_path):
+    write_photos(str(tmp_path), sizes=[(4032, 3024)], photos=[photo_paths()[0]])
+    path = tmp_path / 'astronaut_4032x3024.jpg'
+    assert decode(Image.open(path), (448, 448), exact=False).size == (2016, 1512)   # 1/2 scale: 1/4 is < 896
+    assert decode(Image.open(path), (448, 448), exact=True).size == (4032, 3024)
+    assert decode(Image.open(path), (1792, 1344), exact=False).size == (4032, 3024)
 
 
 def test_single_tile_images_get_no_thumbnail():
@@ -81,15 +111,15 @@ def test_uint8_tiles_normalised_by_the_model_equal_the_official_transform(tiny_c
     from internvl_plugin.model.modeling.internvl_chat import IMAGENET_MEAN, IMAGENET_STD
     tile = _gradient(448, 448)
     official = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(tile)
-    uint8 = tiles_to_tensor([tile])
+    uint8 = pixels_of(tile)[None]
     assert uint8.dtype == torch.uint8 and uint8.shape == (1, 3, 448, 448)
     model = InternVL_V1_5(tiny_checkpoint(), torch_dtype='float32', use_activation_checkpointing=False)
     assert torch.allclose(model.model.normalize(uint8)[0], official, atol=1e-6)
 
 
 def test_jpeg_recompression_changes_pixels_a_little_and_keeps_the_size():
-    tile = _gradient(448, 448)
+    tile = pixels_of(_gradient(448, 448))
     out = jpeg_recompress(tile, random.Random(0))
-    assert out.size == tile.size and out.mode == 'RGB'
-    difference = np.abs(np.asarray(out, np.int16) - np.asarray(tile, np.int16))
+    assert out.shape == tile.shape and out.dtype == torch.uint8
+    difference = (out.int() - tile.int()).abs().float()
     assert 0 < difference.mean() < 4

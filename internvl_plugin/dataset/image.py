@@ -2,14 +2,24 @@
 
 Tiles leave here as uint8 (tiles, 3, S, S); the model normalises them with the ImageNet mean and std on its
 device, which is the official ToTensor + Normalize arithmetic, done where it is cheap.
+
+Pixels come one of two ways. By default a JPEG much larger than its grid is decoded at a reduced DCT scale
+(PIL's draft mode, leaving the last 2x of reduction to the resize as Pillow's `reducing_gap=2` does) and every
+image is resized with torch's antialiased uint8 bicubic, PIL's filter in vector code: 2.5-4x less CPU per image.
+Measured on 8 photos x 6 sizes x 3 tile budgets: 99.9 % of tile pixels within 2 of 255 levels of the official
+ones, mean difference below 0.25 (the official JPEG augmentation changes pixels by 1-4 on average); a few edge
+pixels differ by up to 13, where the two libraries run their two resize passes in a different order.
+tests/test_tiling.py holds the fast path to that. `exact_pixels` decodes in full and resizes with PIL, as the
+official code does: bit-identical tiles.
 """
 import io
 import random
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 JPEG_QUALITIES = range(75, 101)
@@ -53,35 +63,55 @@ def tile_budget(max_dynamic_patch: int, n_images: int) -> int:
     return max(1, max_dynamic_patch // max(1, n_images))
 
 
-def dynamic_tiles(image: Image.Image, min_tiles: int, max_tiles: int, image_size: int,
-                  use_thumbnail: bool) -> List[Image.Image]:
-    """The image resized (bicubic) to the chosen grid and cut row by row, plus a whole-image thumbnail tile."""
+def pixels_of(image: Image.Image) -> torch.Tensor:
+    """An image as RGB uint8 (3, H, W)."""
+    rgb = image if image.mode == 'RGB' else image.convert('RGB')
+    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
+
+
+def decode(image: Image.Image, covering: Tuple[int, int], exact: bool) -> Image.Image:
+    """The RGB pixels of a just-opened image; unless `exact`, a JPEG decodes at the smallest scale that keeps
+    twice `covering` (width, height), which a resize to `covering` cannot tell from the full image."""
+    if not exact:
+        image.draft('RGB', (2 * covering[0], 2 * covering[1]))
+    image.load()
+    return image if image.mode == 'RGB' else image.convert('RGB')
+
+
+def _resizer(image: Image.Image, exact: bool) -> Callable[[int, int], torch.Tensor]:
+    """(width, height) -> the image resized bicubic as uint8 (3, height, width)."""
+    if exact:
+        return lambda width, height: pixels_of(image.resize((width, height), Image.BICUBIC))
+    pixels = pixels_of(image)[None]
+    return lambda width, height: F.interpolate(pixels, size=(height, width), mode='bicubic', antialias=True)[0]
+
+
+def dynamic_tiles(image: Image.Image, min_tiles: int, max_tiles: int, image_size: int, use_thumbnail: bool,
+                  exact: bool = False) -> torch.Tensor:
+    """The image resized to the chosen grid and cut row by row, plus a whole-image thumbnail tile.
+
+    The grid comes from the image's stored size, so `image` should be freshly opened (not yet drafted)."""
     cols, rows = choose_grid(image.width, image.height, min_tiles, max_tiles, image_size)
-    resized = image.resize((cols * image_size, rows * image_size), Image.BICUBIC)
-    tiles = [resized.crop((c * image_size, r * image_size, (c + 1) * image_size, (r + 1) * image_size))
-             for r in range(rows) for c in range(cols)]
-    if use_thumbnail and len(tiles) > 1:
-        tiles.append(image.resize((image_size, image_size), Image.BICUBIC))
-    return tiles
+    resize = _resizer(decode(image, (cols * image_size, rows * image_size), exact), exact)
+    grid = resize(cols * image_size, rows * image_size)
+    tiles = (grid.unflatten(1, (rows, image_size)).unflatten(3, (cols, image_size))
+             .permute(1, 3, 0, 2, 4).reshape(rows * cols, 3, image_size, image_size))
+    if use_thumbnail and rows * cols > 1:
+        tiles = torch.cat([tiles, resize(image_size, image_size)[None]])
+    return tiles.contiguous()
 
 
-def jpeg_recompress(tile: Image.Image, rng: random.Random) -> Image.Image:
+def resize_tile(image: Image.Image, image_size: int, exact: bool = False) -> torch.Tensor:
+    """A video frame or a fixed-size image: one tile (1, 3, S, S), the whole picture resized (bicubic)."""
+    return _resizer(decode(image, (image_size, image_size), exact), exact)(image_size, image_size)[None]
+
+
+def jpeg_recompress(tile: torch.Tensor, rng: random.Random) -> torch.Tensor:
     """The official training augmentation: a JPEG round trip at a random quality from 75 to 100."""
     buffer = io.BytesIO()
-    tile.save(buffer, format='JPEG', quality=rng.choice(JPEG_QUALITIES))
+    Image.fromarray(tile.permute(1, 2, 0).numpy()).save(buffer, format='JPEG', quality=rng.choice(JPEG_QUALITIES))
     buffer.seek(0)
-    return Image.open(buffer).convert('RGB')
-
-
-def resize_tile(image: Image.Image, image_size: int) -> Image.Image:
-    """A video frame or a fixed-size image: one tile, the whole picture resized (bicubic)."""
-    return image.resize((image_size, image_size), Image.BICUBIC)
-
-
-def tiles_to_tensor(tiles: Sequence[Image.Image]) -> torch.Tensor:
-    """RGB tiles -> uint8 (tiles, 3, S, S)."""
-    array = np.stack([np.asarray(tile.convert('RGB')) for tile in tiles])
-    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+    return pixels_of(Image.open(buffer))
 
 
 @dataclass
@@ -94,6 +124,7 @@ class ImageSettings:
     use_thumbnail: bool = True
     min_dynamic_patch: int = 1
     max_dynamic_patch: int = 6
+    exact_pixels: bool = False   # full decode + PIL resize: bit-identical to the official tiles, slower
 
     @property
     def tokens_per_tile(self) -> int:
@@ -115,11 +146,12 @@ class ImageSettings:
             return max_tiles + (1 if thumbnail and max_tiles > 1 else 0)
         return count_tiles(size[0], size[1], min_tiles, max_tiles, self.image_size, thumbnail)
 
-    def tile(self, image: Image.Image, limits: TileLimits) -> List[Image.Image]:
-        """An RGB image as its training tiles: dynamic tiles, or one resized tile without dynamic_image_size."""
+    def tile(self, image: Image.Image, limits: TileLimits) -> torch.Tensor:
+        """A just-opened image as its training tiles, uint8 (tiles, 3, S, S): dynamic tiles, or one resized
+        tile without dynamic_image_size."""
         if not self.dynamic_image_size:
-            return [resize_tile(image, self.image_size)]
-        return dynamic_tiles(image, *limits[:2], self.image_size, limits[2])
+            return resize_tile(image, self.image_size, self.exact_pixels)
+        return dynamic_tiles(image, *limits[:2], self.image_size, limits[2], self.exact_pixels)
 
     @classmethod
     def from_checkpoint(cls, config: Dict[str, Any]) -> 'ImageSettings':
