@@ -97,22 +97,32 @@ def test_packing_leaves_under_five_percent_padding_on_a_mixed_workload(mixed_dat
 @pytest.mark.parametrize('family,attn,lora', [('qwen2', 'sdpa', False), ('internlm2', 'eager', True),
                                               ('phi3', 'sdpa', False)])
 @pytest.mark.parametrize('reduction', ['token', 'sample', 'square'])
-def test_packed_loss_and_gradients_equal_unpacked(mixed_data, tiny_checkpoint, family, attn, lora, reduction):
-    """fp32 on CPU: the same samples as one packed row and as a padded batch give the same loss and gradients
-    (tolerance 1e-5 relative)."""
+def test_packed_loss_and_gradients_equal_unpacked(mixed_data, tiny_checkpoint, family, attn, lora, reduction,
+                                                  monkeypatch):
+    """fp32 on CPU: the same samples as two packed rows (of different lengths, so one is padded) and as a padded
+    batch give the same loss and gradients (tolerance 1e-5 relative), with activation checkpointing on as in the
+    configs. SDPA runs one attention call per sample of each pack (no (L, L) mask)."""
+    from internvl_plugin.model.modeling import segments
     base = tiny_checkpoint(family)
     dataset = InternVL_V1_5_Dataset(model_path=base, data_paths=[s.annotation for s in mixed_data.sources],
                                     max_length=4096, max_dynamic_patch=4)
-    samples = [dataset[i] for i in (0, 1, 2, 3)]
-    packed_item = {'input_ids': torch.cat([s['input_ids'] for s in samples]),
-                   'labels': torch.cat([s['labels'] for s in samples]),
-                   'pixel_values': torch.cat([s['pixel_values'] for s in samples]),
-                   'image_flags': torch.cat([s['image_flags'] for s in samples]),
-                   'sample_lengths': torch.tensor([len(s['input_ids']) for s in samples]),
-                   'pad_token_id': dataset.pad_token_id}
+    samples = [dataset[i] for i in (0, 1, 2, 3, 4)]
+
+    def pack(parts):
+        return {'input_ids': torch.cat([s['input_ids'] for s in parts]),
+                'labels': torch.cat([s['labels'] for s in parts]),
+                'pixel_values': torch.cat([s['pixel_values'] for s in parts]),
+                'image_flags': torch.cat([s['image_flags'] for s in parts]),
+                'sample_lengths': torch.tensor([len(s['input_ids']) for s in parts]),
+                'pad_token_id': dataset.pad_token_id}
+
     extra = {'llm_lora': dict(r=4, lora_alpha=8, lora_dropout=0.0), 'freeze_visual_encoder': True} if lora else {}
-    model = InternVL_V1_5(base, torch_dtype='float32', use_activation_checkpointing=False, attn_implementation=attn,
-                          loss_reduction=reduction, **extra)
+    model = InternVL_V1_5(base, torch_dtype='float32', use_activation_checkpointing=True, attn_implementation=attn,
+                          loss_reduction=reduction, **extra).train()   # checkpointing recomputes in training only
+    per_sample_calls = []
+    original = segments.per_sample_attention
+    monkeypatch.setattr(segments, 'per_sample_attention',
+                        lambda *args: per_sample_calls.append(len(args[3]) - 1) or original(*args))
 
     def loss_and_grads(batch):
         model.zero_grad()
@@ -121,7 +131,12 @@ def test_packed_loss_and_gradients_equal_unpacked(mixed_data, tiny_checkpoint, f
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     unpacked_loss, unpacked_grads = loss_and_grads(samples)
-    packed_loss, packed_grads = loss_and_grads([packed_item])
+    assert per_sample_calls == []
+    packed_loss, packed_grads = loss_and_grads([pack(samples[:3]), pack(samples[3:])])
+    layers = model.model.language_model.config.num_hidden_layers
+    # per layer, forward and its recomputation in backward; 5 samples (the padding after the shorter pack comes
+    # after its last sample, which causal attention never lets see it)
+    assert per_sample_calls == ([5] * 2 * layers if attn == 'sdpa' else [])
     assert torch.allclose(packed_loss, unpacked_loss, rtol=1e-5)
     assert packed_grads.keys() == unpacked_grads.keys() and packed_grads
     for name, grad in unpacked_grads.items():

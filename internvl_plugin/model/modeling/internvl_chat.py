@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .intern_vit import InternVisionModel
-from .segments import block_causal_mask, causal_lm_loss, is_packed
+from .segments import block_causal_mask, causal_lm_loss, install_segment_sdpa, is_packed
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -54,6 +54,7 @@ class InternVLChatModel(nn.Module):
         self.ps_version = ps_version
         self.register_buffer('pixel_mean', torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer('pixel_std', torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        install_segment_sdpa()
 
     @property
     def tokens_per_tile(self) -> int:
@@ -106,17 +107,22 @@ class InternVLChatModel(nn.Module):
                 segment_ids: Optional[torch.Tensor] = None, loss_reduction: str = 'token'):
         """Returns (logits, loss); loss weighs labels != -100 per `loss_reduction` (None without labels).
 
-        Packed rows (several samples, `segment_ids` > 1) attend within each sample: flash attention 2 goes
-        variable-length from the restarting `position_ids`; SDPA and eager get a block-diagonal causal mask."""
+        Packed rows (several samples, `segment_ids` > 1) attend within each sample. For flash attention 2 and
+        SDPA the rows go in as one row with restarting `position_ids` (variable-length flash attention, or one
+        SDPA per sample, see segments.py); eager attention gets a block-diagonal causal mask."""
         embeds = self.embed(input_ids, pixel_values, image_flags)
+        shape = input_ids.shape
         if is_packed(segment_ids):
-            if self.language_model.config._attn_implementation == 'flash_attention_2':
-                attention_mask = None
-            else:
+            if self.language_model.config._attn_implementation == 'eager':
                 attention_mask = block_causal_mask(segment_ids.to(embeds.device), embeds.dtype)
+            else:
+                if position_ids is None:
+                    raise ValueError('packed rows need position_ids that restart at each sample')
+                embeds, position_ids, attention_mask = embeds.reshape(1, -1, embeds.shape[-1]), \
+                    position_ids.reshape(1, -1), None
         out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                                   use_cache=False)
-        logits = out.logits
+        logits = out.logits.reshape(*shape, -1)
         if labels is None:
             return logits, None
         return logits, causal_lm_loss(logits, labels, segment_ids, loss_reduction)

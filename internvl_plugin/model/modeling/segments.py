@@ -1,8 +1,13 @@
 """Rows that hold several samples (packing): attention kept within each sample, and the loss weighed per sample.
 
 `segment_ids` (B, L) numbers the samples of a row 1..k and marks padding 0 (see dataset/collate.py).
+
+Attention follows transformers' convention for packed rows: position ids restart at 0 where a sample starts.
+Flash attention 2 then runs variable-length; for SDPA, `segment_sdpa` (installed as transformers' 'sdpa') runs
+one causal SDPA per sample, so a pack costs the sum of its samples' squared lengths instead of its own squared
+length and no (L, L) mask is built. Without restarts it is transformers' own SDPA, unchanged.
 """
-from typing import Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +18,54 @@ LOSS_REDUCTIONS = ('token', 'sample', 'square')
 
 def is_packed(segment_ids: Optional[torch.Tensor]) -> bool:
     return segment_ids is not None and bool((segment_ids > 1).any())
+
+
+def sample_starts(position_ids: torch.Tensor) -> Optional[torch.Tensor]:
+    """Offsets in the flattened (B*L) tokens where samples start (rows start one too), with the total at the end;
+    None when no row holds more than one sample."""
+    restarts = position_ids[:, 1:] == 0
+    if not bool(restarts.any()):
+        return None
+    starts = torch.zeros_like(position_ids, dtype=torch.bool)
+    starts[:, 0] = True
+    starts[:, 1:] = restarts
+    total = torch.tensor([position_ids.numel()], device=position_ids.device)
+    return torch.cat([starts.reshape(-1).nonzero().reshape(-1), total])
+
+
+def per_sample_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, starts: torch.Tensor,
+                         scaling: Optional[float], dropout: float) -> torch.Tensor:
+    """Causal SDPA within each sample. query (B, H, L, D), key/value (B, H_kv, L, D) -> (B, L, H, D)."""
+    batch, heads, length, dim = query.shape
+    groups = heads // key.shape[1]
+    flat = [t.transpose(0, 1).reshape(t.shape[1], batch * length, dim) for t in (query, key, value)]
+    q, k, v = flat[0], flat[1].repeat_interleave(groups, dim=0), flat[2].repeat_interleave(groups, dim=0)
+    bounds = starts.tolist()
+    parts = [F.scaled_dot_product_attention(q[:, a:b], k[:, a:b], v[:, a:b], dropout_p=dropout, is_causal=True,
+                                            scale=scaling) for a, b in zip(bounds[:-1], bounds[1:])]
+    return torch.cat(parts, dim=1).reshape(heads, batch, length, dim).permute(1, 2, 0, 3).contiguous()
+
+
+def segment_sdpa(original: Callable) -> Callable:
+    """transformers' SDPA attention function, confined to each sample when position ids restart in a row."""
+    def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: Optional[torch.Tensor], dropout: float = 0.0, scaling: Optional[float] = None,
+                  **kwargs) -> Tuple[torch.Tensor, None]:
+        position_ids = kwargs.get('position_ids')
+        starts = None if position_ids is None or query.shape[2] == 1 else sample_starts(position_ids)
+        if starts is None:
+            return original(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return per_sample_attention(query, key, value, starts, scaling, dropout), None
+    attention.wraps_sdpa = original
+    return attention
+
+
+def install_segment_sdpa() -> None:
+    """Makes transformers' 'sdpa' attention per-sample on packed rows (idempotent)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    current = ALL_ATTENTION_FUNCTIONS['sdpa']
+    if not hasattr(current, 'wraps_sdpa'):
+        ALL_ATTENTION_FUNCTIONS['sdpa'] = segment_sdpa(current)
 
 
 def block_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
