@@ -118,8 +118,9 @@ class InternVLChatModel(nn.Module):
             else:
                 if position_ids is None:
                     raise ValueError('packed rows need position_ids that restart at each sample')
-                embeds, position_ids, attention_mask = embeds.reshape(1, -1, embeds.shape[-1]), \
-                    position_ids.reshape(1, -1), None
+                embeds = embeds.reshape(1, -1, embeds.shape[-1])
+                position_ids = position_ids.reshape(1, -1)
+                attention_mask = None
         out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                                   use_cache=False)
         logits = out.logits.reshape(*shape, -1)

@@ -69,7 +69,7 @@ def install_segment_sdpa() -> None:
 
 
 def block_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, 1, L, L) additive mask for SDPA / eager attention: a token sees the earlier tokens of its own sample.
+    """(B, 1, L, L) additive mask for eager attention: a token sees the earlier tokens of its own sample.
     Padding sees itself only, so no row of the softmax is empty."""
     length = segment_ids.shape[1]
     same = segment_ids[:, :, None] == segment_ids[:, None, :]
