@@ -41,7 +41,8 @@ class InternVL_V1_5(BaseModel):
     checkpoint and an LLM checkpoint (`vision_model_path` + `llm_path`, with a fresh `mlp1`), as the
     InternVL-Chat-V1-2 recipe does. `state_dict()` holds only what trains, so LoRA checkpoints stay small.
     `loss_reduction` weighs each supervised token 1 ('token'), 1/n ('sample') or 1/sqrt(n) ('square') for a sample
-    of n supervised tokens, as InternVL 2.5's packed training does.
+    of n supervised tokens, as InternVL 2.5's packed training does. `random_init` builds the network from
+    `model_path`'s config.json with random weights (a folder without weights: real-size benchmarks).
     """
 
     def __init__(self, model_path: Optional[str] = None, freeze_llm: bool = False,
@@ -52,7 +53,7 @@ class InternVL_V1_5(BaseModel):
                  drop_path_rate: Optional[float] = None, vision_model_path: Optional[str] = None,
                  llm_path: Optional[str] = None, template: Optional[str] = None, ps_version: str = 'v2',
                  downsample_ratio: float = 0.5, select_layer: int = -1, loss_reduction: str = 'token',
-                 data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None):
+                 random_init: bool = False, data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if loss_reduction not in LOSS_REDUCTIONS:
             raise ValueError(f"loss_reduction '{loss_reduction}' is not one of {LOSS_REDUCTIONS}")
@@ -64,8 +65,10 @@ class InternVL_V1_5(BaseModel):
             self.model_path = resolve_model_path(model_path)
             self.config = read_internvl_config(self.model_path)
             self.tokenizer = load_tokenizer(self.model_path)
-            weights = load_weights(self.model_path)
+            weights = None if random_init else load_weights(self.model_path)
             source = self.model_path
+        elif random_init:
+            raise ValueError('random_init builds the network from model_path\'s config.json; give model_path')
         elif vision_model_path and llm_path:
             self.model_path = None
             self.config, weights, self.tokenizer = assemble_config_and_weights(

@@ -1,4 +1,6 @@
 """4-bit (QLoRA) settings: nf4, double quantisation, bf16 compute."""
+from typing import Collection
+
 import torch
 from torch import nn
 
@@ -10,12 +12,16 @@ def bnb_4bit_config():
                               bnb_4bit_compute_dtype=torch.bfloat16)
 
 
-def quantize_linears_4bit(module: nn.Module) -> nn.Module:
-    """Swaps every nn.Linear of `module` (the vision encoder) for a bitsandbytes nf4 Linear4bit.
+def quantize_linears_4bit(module: nn.Module, keep: Collection[nn.Module] = ()) -> nn.Module:
+    """Swaps every nn.Linear of `module` but those in `keep` for a bitsandbytes nf4 Linear4bit: the vision encoder,
+    or a random-initialised LLM (which from_config builds without quantising; its lm_head is kept, as transformers
+    keeps it when it quantises a checkpoint).
 
     The weights are quantised when the module is next moved to a device (bitsandbytes' convention)."""
     import bitsandbytes as bnb
     for name, child in list(module.named_children()):
+        if any(child is kept for kept in keep):
+            continue
         if isinstance(child, nn.Linear):
             quantized = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
                                           compute_dtype=torch.bfloat16, compress_statistics=True, quant_type='nf4',
@@ -26,5 +32,5 @@ def quantize_linears_4bit(module: nn.Module) -> nn.Module:
                 quantized.bias = nn.Parameter(child.bias.data, requires_grad=False)
             setattr(module, name, quantized)
         else:
-            quantize_linears_4bit(child)
+            quantize_linears_4bit(child, keep)
     return module

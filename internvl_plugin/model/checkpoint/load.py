@@ -9,6 +9,7 @@ from ...files import read_json
 from ..modeling.intern_vit import InternVisionConfig, InternVisionModel
 from ..modeling.internvl_chat import InternVLChatModel, build_mlp1
 from ..modeling.llm import build_llm_config, dtype_kwargs, llm_family
+from ..quantization import quantize_linears_4bit
 from .key_maps import StateDict, official_to_network
 
 IMG_CONTEXT_TOKEN = '<IMG_CONTEXT>'
@@ -108,7 +109,11 @@ def build_language_model(llm_config: Dict[str, Any], weights: Optional[StateDict
     from transformers import AutoModelForCausalLM
     config = build_llm_config(llm_config, source=f'{source}: llm_config')
     if weights is None:
-        return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, **dtype_kwargs(dtype))
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, **dtype_kwargs(dtype))
+        if quantization_config is not None:
+            quantize_linears_4bit(model, keep=[model.get_output_embeddings()])
+            model.is_loaded_in_4bit = True  # as transformers marks a quantised checkpoint, which peft reads
+        return model
     if getattr(config, 'tie_word_embeddings', False):
         weights = {k: v for k, v in weights.items() if k != 'lm_head.weight'}
     # The concrete class: the Auto class insists on a path when given no name.

@@ -1,0 +1,44 @@
+"""The benchmark scripts run end to end and print what benchmarks/README.md reports from them."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_benchmark(script: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', script), *args],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_train_step_real_size_path_reports_throughput_mfu_and_memory():
+    """--size tiny takes the --size path (config-only checkpoint, random init, the 1B recipe) on a CPU."""
+    lines = run_benchmark('train_step.py', '--size', 'tiny', '--samples', '24', '--peak-tflops', '0.5').splitlines()
+    assert lines[-5].startswith('tiny shapes (random init), mode full, configs/v2_5/internvl_v2_5_qwen2_5_0_5b_fine')
+    row = re.compile(r'\s+(\d+) tokens/s, padding\s+([\d.]+)%, MFU\s+([\d.]+)%, peak memory\s+([\d.]+) GiB$')
+    rows = {}
+    for line in lines[-4:-1]:
+        label, found = line.split('  ')[0], row.search(line)
+        assert found, line
+        rows[label] = [float(value) for value in found.groups()]
+    unpacked, packed, worst = (rows.pop('unpacked (4 samples a batch)'),
+                               rows.pop('packed (1 pack <= 16384 tokens / 48 tiles)'),
+                               rows.pop('worst case (4 x 8192 tokens, 7 tiles each)'))
+    assert not rows
+    assert packed[1] == 0 < unpacked[1] and worst[1] == 0
+    assert all(tokens > 0 and 0 < mfu < 100 and memory > 0 for tokens, _, mfu, memory in (unpacked, packed, worst))
+    ratio = float(re.fullmatch(r'packed / unpacked tokens/s: ([\d.]+)x', lines[-1]).group(1))
+    assert ratio == pytest.approx(packed[0] / unpacked[0], abs=0.01)
+
+
+def test_data_pipeline_quick_ends_with_the_ratio_against_xtuner():
+    last = run_benchmark('data_pipeline.py', '--quick').splitlines()[-1]
+    found = re.fullmatch(r'ours / XTuner samples/s: ([\d.]+)x \(max_dynamic_patch 6\), ([\d.]+)x '
+                         r'\(max_dynamic_patch 12\)', last)
+    assert found, last
+    assert all(float(ratio) > 0 for ratio in found.groups())
