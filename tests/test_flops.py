@@ -44,6 +44,15 @@ def test_step_flops_equal_the_counted_ones(tiny_checkpoint, packed_batch, traine
     assert flops.total == flops.matmul + flops.vision_attention + flops.llm_attention
 
 
+def test_vision_layers_after_the_selected_one_count_nothing(tiny_checkpoint, packed_batch):
+    model = InternVL_V1_5(tiny_checkpoint('qwen2'), torch_dtype='float32', use_activation_checkpointing=False)
+    model.model.select_layer = -2  # one of the tiny ViT's two layers runs
+    flops = training_step_flops(model.model, packed_batch['data'])
+    assert counted_step(model, packed_batch) == flops.matmul + flops.vision_attention + 2 * flops.llm_attention
+    model.model.select_layer = -1
+    assert training_step_flops(model.model, packed_batch['data']).vision_attention == 2 * flops.vision_attention
+
+
 def test_lora_step_flops_are_within_one_percent_above_the_counted_ones(tiny_checkpoint, packed_batch):
     """The first layer's frozen q/k/v need no input gradient when nothing before them trains; counted anyway."""
     model = InternVL_V1_5(tiny_checkpoint('qwen2'), torch_dtype='float32', use_activation_checkpointing=False,

@@ -63,14 +63,15 @@ def training_step_flops(network: InternVLChatModel, data: Dict[str, torch.Tensor
     sample_lengths = torch.bincount(sample_ids).double()
     tokens = int(sample_lengths.sum())
 
+    vision_layers = vision.encoder.layers[:vision.layers_run(network.select_layer)]
     matmul = (_matmul_flops(vision.embeddings.modules(), tiles * grid * grid, vision_flows)
-              + _matmul_flops(vision.encoder.modules(), tiles * vision_tokens, vision_flows)
+              + _matmul_flops(vision_layers.modules(), tiles * vision_tokens, vision_flows)
               + _matmul_flops(mlp1.modules(), tiles * network.tokens_per_tile, mlp1_flows)
               + _matmul_flops(language.modules(), tokens, llm_flows))
 
     vision_passes = 3 if vision_flows else 1
     vision_attention = (2 * 2 * vision_tokens ** 2 * vision.config.hidden_size * tiles
-                        * vision.config.num_hidden_layers * vision_passes)
+                        * len(vision_layers) * vision_passes)
     config = language.config
     head_dim = getattr(config, 'head_dim', None) or config.hidden_size // config.num_attention_heads
     squares = int((sample_lengths ** 2).sum())

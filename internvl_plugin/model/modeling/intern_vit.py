@@ -188,15 +188,18 @@ class InternVisionModel(nn.Module):
         self.embeddings = InternVisionEmbeddings(config)
         self.encoder = InternVisionEncoder(config)
 
-    def forward(self, pixel_values: torch.Tensor, select_layer: int = -1) -> torch.Tensor:
-        """`select_layer` indexes hidden states as the official model does: 0 is the embedding output,
-        -1 the last layer. Layers after the selected one are not run."""
+    def layers_run(self, select_layer: int) -> int:
+        """How many layers run for `select_layer`, which indexes hidden states as the official model does: 0 is the
+        embedding output, -1 the last layer. Layers after the selected one are not run."""
         depth = len(self.encoder.layers)
         stop = select_layer if select_layer >= 0 else depth + 1 + select_layer
         if not 0 <= stop <= depth:
             raise ValueError(f'select_layer {select_layer} is out of range for a {depth}-layer vision model')
+        return stop
+
+    def forward(self, pixel_values: torch.Tensor, select_layer: int = -1) -> torch.Tensor:
         x = self.embeddings(pixel_values)
-        for layer in self.encoder.layers[:stop]:
+        for layer in self.encoder.layers[:self.layers_run(select_layer)]:
             if self.encoder.gradient_checkpointing and self.training:
                 x = checkpoint(layer, x, use_reentrant=False)
             else:
