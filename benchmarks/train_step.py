@@ -59,11 +59,10 @@ def recipe_path(size: str, mode: str) -> str:
     return os.path.join(CONFIG_DIR, SIZE_RECIPES[size] + MODE_SUFFIXES[mode])
 
 
-def recipe_model(size: str, mode: str, shape_dir: str, device: torch.device, attn: str) -> InternVL_V1_5:
-    """The config's model, random-initialised from the size's shapes, built on `device` (4-bit weights are
+def recipe_model(model_cfg: Dict[str, Any], shape_dir: str, device: torch.device, attn: str) -> InternVL_V1_5:
+    """The config's model dict, random-initialised from the size's shapes, built on `device` (4-bit weights are
     quantised by the move there)."""
-    from mmengine.config import Config
-    kwargs = {k: v for k, v in Config.fromfile(recipe_path(size, mode)).model.items() if k != 'type'}
+    kwargs = {k: v for k, v in model_cfg.items() if k != 'type'}
     kwargs.update(model_path=shape_dir, random_init=True, attn_implementation=attn)
     with torch.device(device):
         model = InternVL_V1_5(**kwargs)
@@ -87,6 +86,12 @@ def worst_case_batch(dataset: InternVL_V1_5_Dataset, batch_size: int, max_length
                                                       generator=generator),
                         'pad_token_id': tokenizer.pad_token_id})
     return samples
+
+
+def shuffled_batches(dataset: Any, batch_size: int) -> List[List[Dict]]:
+    """The dataset's items (samples or packs) in a fixed random order, `batch_size` a batch."""
+    order = random.Random(0).sample(range(len(dataset)), len(dataset))
+    return [[dataset[i] for i in order[k:k + batch_size]] for k in range(0, len(order), batch_size)]
 
 
 def bf16_peak_flops(device: torch.device, override_tflops: Optional[float]) -> Optional[float]:
@@ -140,11 +145,9 @@ def measure_tiny(mode: str, packed: bool, samples: int, steps: int) -> Dict[str,
         dataset = InternVL_V1_5_Dataset(model_path=base, data_paths=[write_mixed_workload(folder, samples)],
                                         max_length=4096, max_dynamic_patch=4)
         if packed:
-            packs = PackedDataset(dataset, max_packed_tokens=4096, max_packed_tiles=16)
-            batches = [[packs[k]] for k in random.Random(0).sample(range(len(packs)), len(packs))]
+            batches = shuffled_batches(PackedDataset(dataset, max_packed_tokens=4096, max_packed_tiles=16), 1)
         else:
-            order = random.Random(0).sample(range(len(dataset)), len(dataset))
-            batches = [[dataset[i] for i in order[k:k + 4]] for k in range(0, len(order), 4)]
+            batches = shuffled_batches(dataset, 4)
         result = run(tiny_model(mode, base), batches[:steps + 1], torch.device('cpu'))
     result['peak_gib'] = peak_memory_gib(torch.device('cpu'))
     result['batches'] = len(batches)
@@ -163,15 +166,13 @@ def measure_size(size: str, mode: str, kind: str, shape_dir: str, samples: int, 
         dataset = InternVL_V1_5_Dataset(model_path=shape_dir, data_paths=[write_mixed_workload(folder, samples)],
                                         max_length=cfg.max_length, max_dynamic_patch=cfg.max_dynamic_patch)
         if kind == 'packed':
-            packs = PackedDataset(dataset, max_packed_tokens=PACK_TOKENS, max_packed_tiles=PACK_TILES)
-            batches = [[packs[k]] for k in random.Random(0).sample(range(len(packs)), len(packs))]
+            batches = shuffled_batches(PackedDataset(dataset, max_packed_tokens=PACK_TOKENS,
+                                                     max_packed_tiles=PACK_TILES), 1)
         elif kind == 'unpacked':
-            order = random.Random(0).sample(range(len(dataset)), len(dataset))
-            batches = [[dataset[i] for i in order[k:k + cfg.batch_size]]
-                       for k in range(0, len(order), cfg.batch_size)]
+            batches = shuffled_batches(dataset, cfg.batch_size)
         else:
             batches = [worst_case_batch(dataset, cfg.batch_size, cfg.max_length, cfg.max_dynamic_patch + 1)] * 3
-    model = recipe_model(size, mode, shape_dir, device, attn)
+    model = recipe_model(cfg.model, shape_dir, device, attn)
     if device.type == 'cuda':
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -200,8 +201,9 @@ def report_tiny(args: argparse.Namespace) -> None:
 def report_size(args: argparse.Namespace) -> None:
     import transformers
     from mmengine.config import Config
+    from transformers.utils import is_flash_attn_2_available
     device = torch.device(args.device)
-    attn = args.attn or ('flash_attention_2' if device.type == 'cuda' and _has_flash_attn() else 'sdpa')
+    attn = args.attn or ('flash_attention_2' if device.type == 'cuda' and is_flash_attn_2_available() else 'sdpa')
     cfg = Config.fromfile(recipe_path(args.size, args.mode))
     samples = args.samples or 384
     peak = bf16_peak_flops(device, args.peak_tflops)
@@ -225,14 +227,6 @@ def report_size(args: argparse.Namespace) -> None:
         print(f"{label:<52}{result['tokens_per_s']:10.0f} tokens/s, padding {result['padding']:5.1%}, MFU {mfu}, "
               f"peak memory {result['peak_gib']:6.2f} GiB")
     print(f"packed / unpacked tokens/s: {results['packed']['tokens_per_s'] / results['unpacked']['tokens_per_s']:.2f}x")
-
-
-def _has_flash_attn() -> bool:
-    try:
-        import flash_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def main() -> None:
