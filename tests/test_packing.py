@@ -2,15 +2,17 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import needs_cpu_4bit
 from mmengine.config import Config
 from mmengine.config.lazy import LazyObject
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from test_configs import CONFIG_DIR, _build_and_step
 from xtuner.dataset.samplers import LengthGroupedSampler
 
 from internvl_plugin import InternVL_V1_5, InternVL_V1_5_Dataset, PackedDataset, internvl_collate_fn
 from internvl_plugin.dataset.packing import plan_packs
-from internvl_plugin.model.modeling.segments import block_causal_mask, token_weights
+from internvl_plugin.model.modeling.segments import block_causal_mask, per_sample_attention, token_weights
 from internvl_plugin.tiny import write_mixed_workload
 
 
@@ -35,6 +37,23 @@ def test_block_causal_mask_keeps_attention_within_each_sample():
     allowed = (mask == 0).int()
     assert allowed.tolist() == [[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0], [0, 0, 1, 1, 0, 0],
                                 [0, 0, 1, 1, 1, 0], [0, 0, 0, 0, 0, 1]]
+
+
+def test_per_sample_attention_runs_the_fused_kernel_and_equals_the_block_causal_mask():
+    """Packed rows (2 rows of 3 and 2 samples, grouped-query heads) give what one masked attention gives, under
+    torch's flash backend alone: the math fallback would hold each sample's (n, n) scores (torch 2.5 takes 3-D
+    inputs only there)."""
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(2, 4, 9, 8, generator=generator)
+    key, value = torch.randn(2, 2, 9, 8, generator=generator), torch.randn(2, 2, 9, 8, generator=generator)
+    segment_ids = torch.tensor([[1, 1, 1, 2, 2, 3, 3, 3, 3], [1, 1, 1, 1, 1, 2, 2, 2, 2]])
+    starts = torch.tensor([0, 3, 5, 9, 14, 18])
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        packed = per_sample_attention(query, key, value, starts, scaling=None, dropout=0.0)
+    mask = block_causal_mask(segment_ids, torch.float32)
+    reference = F.scaled_dot_product_attention(query, key.repeat_interleave(2, dim=1),
+                                               value.repeat_interleave(2, dim=1), attn_mask=mask)
+    assert torch.allclose(packed, reference.transpose(1, 2), atol=1e-6)
 
 
 def test_sample_and_square_weights_follow_each_samples_supervised_tokens():
@@ -167,3 +186,29 @@ def test_packed_configs_train_a_step_in_either_order(mixed_data, tiny_checkpoint
         cfg.train_dataloader.sampler.per_device_batch_size = 1
     loss = _build_and_step(cfg, str(tmp_path / 'work'))
     assert torch.isfinite(torch.tensor(loss)) and loss > 0
+
+
+def test_packed_sdpa_rows_build_no_square_mask_and_fail_loudly_without_per_sample_attention(mixed_data,
+                                                                                            tiny_checkpoint,
+                                                                                            monkeypatch):
+    """A pack hands SDPA an empty mask marker, not the (L, L) mask transformers 4.57 would build from restarting
+    positions; with transformers' plain SDPA in place of the per-sample one, the step fails instead of letting
+    the samples of a pack see each other."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    model = InternVL_V1_5(tiny_checkpoint('qwen2'), torch_dtype='float32', attn_implementation='sdpa')
+    batch = internvl_collate_fn([PackedDataset(mixed_data, max_packed_tokens=4096, max_packed_tiles=16)[0]])
+    assert int(batch['data']['segment_ids'].max()) > 1
+    per_sample = ALL_ATTENTION_FUNCTIONS['sdpa']
+    masks = []
+
+    def recording(module, query, key, value, attention_mask, **kwargs):
+        masks.append(None if attention_mask is None else tuple(attention_mask.shape))
+        return per_sample(module, query, key, value, attention_mask, **kwargs)
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, 'sdpa', recording)
+    loss = model(**batch, mode='loss')['loss']
+    assert torch.isfinite(loss)
+    assert masks == [(1, 1, 0, 0)] * model.model.language_model.config.num_hidden_layers
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, 'sdpa', per_sample.wraps_sdpa)
+    with pytest.raises(RuntimeError, match='must match the size'):
+        model(**batch, mode='loss')

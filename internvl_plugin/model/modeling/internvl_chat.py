@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .intern_vit import InternVisionModel
-from .segments import block_causal_mask, causal_lm_loss, install_segment_sdpa, is_packed
+from .segments import block_causal_mask, causal_lm_loss, install_segment_sdpa, is_packed, per_sample_mask_marker
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -113,14 +113,15 @@ class InternVLChatModel(nn.Module):
         embeds = self.embed(input_ids, pixel_values, image_flags)
         shape = input_ids.shape
         if is_packed(segment_ids):
-            if self.language_model.config._attn_implementation == 'eager':
+            attn = self.language_model.config._attn_implementation
+            if attn == 'eager':
                 attention_mask = block_causal_mask(segment_ids.to(embeds.device), embeds.dtype)
             else:
                 if position_ids is None:
                     raise ValueError('packed rows need position_ids that restart at each sample')
                 embeds = embeds.reshape(1, -1, embeds.shape[-1])
                 position_ids = position_ids.reshape(1, -1)
-                attention_mask = None
+                attention_mask = per_sample_mask_marker(embeds.device, embeds.dtype) if attn == 'sdpa' else None
         out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                                   use_cache=False)
         logits = out.logits.reshape(*shape, -1)

@@ -35,15 +35,17 @@ def sample_starts(position_ids: torch.Tensor) -> Optional[torch.Tensor]:
 
 def per_sample_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, starts: torch.Tensor,
                          scaling: Optional[float], dropout: float) -> torch.Tensor:
-    """Causal SDPA within each sample. query (B, H, L, D), key/value (B, H_kv, L, D) -> (B, L, H, D)."""
+    """Causal SDPA within each sample. query (B, H, L, D), key/value (B, H_kv, L, D) -> (B, L, H, D).
+
+    The rows are joined into one (1, H, B*L, D) row: torch 2.5 runs its fused CPU kernel on 4-D inputs only."""
     batch, heads, length, dim = query.shape
     groups = heads // key.shape[1]
-    flat = [t.transpose(0, 1).reshape(t.shape[1], batch * length, dim) for t in (query, key, value)]
-    q, k, v = flat[0], flat[1].repeat_interleave(groups, dim=0), flat[2].repeat_interleave(groups, dim=0)
+    flat = [t.transpose(0, 1).reshape(1, t.shape[1], batch * length, dim) for t in (query, key, value)]
+    q, k, v = flat[0], flat[1].repeat_interleave(groups, dim=1), flat[2].repeat_interleave(groups, dim=1)
     bounds = starts.tolist()
-    parts = [F.scaled_dot_product_attention(q[:, a:b], k[:, a:b], v[:, a:b], dropout_p=dropout, is_causal=True,
-                                            scale=scaling) for a, b in zip(bounds[:-1], bounds[1:])]
-    return torch.cat(parts, dim=1).reshape(heads, batch, length, dim).permute(1, 2, 0, 3).contiguous()
+    parts = [F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], dropout_p=dropout,
+                                            is_causal=True, scale=scaling) for a, b in zip(bounds[:-1], bounds[1:])]
+    return torch.cat(parts, dim=2).reshape(heads, batch, length, dim).permute(1, 2, 0, 3).contiguous()
 
 
 def segment_sdpa(original: Callable) -> Callable:
@@ -58,6 +60,15 @@ def segment_sdpa(original: Callable) -> Callable:
         return per_sample_attention(query, key, value, starts, scaling, dropout), None
     attention.wraps_sdpa = original
     return attention
+
+
+def per_sample_mask_marker(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The attention mask to hand the LLM with packed rows under `segment_sdpa`: an empty 4-D mask.
+
+    transformers takes a 4-D mask as already built, so it skips the (L, L) block-diagonal mask that 4.57 builds
+    from restarting position ids and per-sample attention never reads (a fifth of a tiny model's packed step on
+    CPU). Were it ever read (the wrapper not installed), SDPA would fail on its shape, not attend across samples."""
+    return torch.empty(1, 1, 0, 0, device=device, dtype=dtype)
 
 
 def install_segment_sdpa() -> None:
