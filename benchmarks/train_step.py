@@ -104,23 +104,24 @@ def bf16_peak_flops(device: torch.device, override_tflops: Optional[float]) -> O
 
 
 def run(model: InternVL_V1_5, batches: List[List[Dict]], device: torch.device) -> Dict[str, float]:
-    """Trains on every batch; times all but the first (which warms up allocators and kernels)."""
+    """Trains on every batch; times all but the first (which warms up allocators and kernels). Batches are
+    collated and counted before the clock starts, as dataloader workers collate beside the training loop."""
     if len(batches) < 2:
         raise ValueError(f'{len(batches)} batch(es): the first only warms up; raise --samples for at least 2')
+    collated = [internvl_collate_fn(batch) for batch in batches]
+    timed = [batch['data'] for batch in collated[1:]]
+    real = sum(int(data['attention_mask'].sum()) for data in timed)
+    padded = sum(data['input_ids'].numel() for data in timed)
+    flops = sum(training_step_flops(model.model, data).total for data in timed)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     model.train()
-    real = padded = flops = 0
     start = 0.0
-    for step, batch in enumerate(batches):
+    for step, batch in enumerate(collated):
         if step == 1:
             if device.type == 'cuda':
                 torch.cuda.synchronize(device)
-            start, real, padded, flops = time.perf_counter(), 0, 0, 0
-        data = model.data_preprocessor(internvl_collate_fn(batch), True)
-        real += int(data['data']['attention_mask'].sum())
-        padded += data['data']['input_ids'].numel()
-        flops += training_step_flops(model.model, data['data']).total
-        loss = model(**data, mode='loss')['loss']
+            start = time.perf_counter()
+        loss = model(**model.data_preprocessor(batch, True), mode='loss')['loss']
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
