@@ -42,3 +42,14 @@ def test_data_pipeline_quick_ends_with_the_ratio_against_xtuner():
                          r'\(max_dynamic_patch 12\)', last)
     assert found, last
     assert all(float(ratio) > 0 for ratio in found.groups())
+
+
+def test_loss_logits_reports_equal_losses_and_the_ratios():
+    lines = run_benchmark('loss_logits.py', '--size', '1b', '--tokens', '512').splitlines()
+    assert lines[-4].startswith('InternVL2_5-1B output layer (896 x 151674, bf16), 512 tokens, 10.3% supervised')
+    row = re.compile(r'loss ([\d.]+),\s+([\d.]+) ms/step, peak\s+([\d.]+) GiB$')
+    every, ours = (row.search(line) for line in lines[-3:-1])
+    assert lines[-3].startswith('logits for every token') and lines[-2].startswith('logits where supervised')
+    assert every.group(1) == ours.group(1)
+    found = re.fullmatch(r'every token / where supervised: ([\d.]+)x time, ([\d.]+)x memory', lines[-1])
+    assert found and float(found.group(2)) > 1, lines[-1]

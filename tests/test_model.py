@@ -27,6 +27,51 @@ def test_load_forward_backward(tiny_checkpoint, family, vit):
     assert logits.shape == (1, batch['input_ids'].shape[1], model.model.language_model.config.vocab_size)
 
 
+@pytest.mark.parametrize('lora', [False, True], ids=['full', 'lora'])
+def test_loss_is_the_cross_entropy_of_full_logits_with_logits_made_only_where_supervised(tiny_checkpoint, lora):
+    extra = {'llm_lora': dict(r=4, lora_alpha=8, lora_dropout=0.0)} if lora else {}
+    model = InternVL_V1_5(tiny_checkpoint('qwen2'), torch_dtype='float32', **extra)
+    batch = image_batch(model)
+    rows = []
+    model.model.language_model.get_output_embeddings().register_forward_hook(
+        lambda module, args, output: rows.append(tuple(args[0].shape[:-1])))
+    loss = model(batch)['loss']
+    supervised = int((batch['labels'][:, 1:] != -100).sum())
+    assert rows == [(supervised,)] and 0 < supervised < batch['input_ids'].shape[1] / 10
+    logits = model(batch, mode='predict')
+    reference = torch.nn.functional.cross_entropy(logits[0, :-1], batch['labels'][0, 1:], ignore_index=-100)
+    assert torch.allclose(loss, reference, rtol=1e-5)
+
+
+def test_loss_in_chunks_equals_the_whole_loss_with_each_chunks_logits_made_again_in_backward(tiny_checkpoint,
+                                                                                              monkeypatch):
+    from internvl_plugin.model.modeling import segments
+    model = InternVL_V1_5(tiny_checkpoint('qwen2'), torch_dtype='float32', loss_reduction='square')
+    batch = image_batch(model, answer='a red circle on a white square, left of a small blue triangle')
+    supervised = int((batch['labels'][:, 1:] != -100).sum())
+    calls = []
+    model.model.language_model.get_output_embeddings().register_forward_hook(
+        lambda module, args, output: calls.append(args[0].shape[0]))
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = model(batch)['loss']
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    whole_loss, whole_grads = loss_and_grads()
+    assert calls == [supervised] and supervised > 6
+    monkeypatch.setattr(segments, 'LOSS_CHUNK_ROWS', 3)
+    calls.clear()
+    chunked_loss, chunked_grads = loss_and_grads()
+    chunks = [min(3, supervised - start) for start in range(0, supervised, 3)]
+    assert calls[:len(chunks)] == chunks and sorted(calls[len(chunks):]) == sorted(chunks)  # again in backward
+    assert torch.allclose(chunked_loss, whole_loss, rtol=1e-6)
+    assert chunked_grads.keys() == whole_grads.keys()
+    for name, grad in whole_grads.items():
+        assert torch.allclose(chunked_grads[name], grad, rtol=1e-5, atol=1e-7), name
+
+
 def test_vision_styles_have_their_official_modules(tiny_checkpoint):
     vit_6b = InternVL_V1_5(tiny_checkpoint('internlm2', '6b'), torch_dtype='float32').model.vision_model
     vit_300m = InternVL_V1_5(tiny_checkpoint('internlm2', '300m'), torch_dtype='float32').model.vision_model

@@ -1,8 +1,9 @@
 """Model FLOPs of one training step: the numerator of model FLOPs utilisation (MFU).
 
 Counts the matrix multiplications the model needs for a batch's real tokens and real tiles: linear layers (and the
-ViT's patch embedding) per token, attention per tile and per sample, the LLM's over the causal half. Padding and
-activation-checkpointing recomputation are work the GPU does but not model FLOPs, so MFU shows what they cost.
+ViT's patch embedding) per token, the output layer per supervised token (the loss makes no other logits), attention
+per tile and per sample, the LLM's over the causal half. Padding and activation-checkpointing recomputation are
+work the GPU does but not model FLOPs, so MFU shows what they cost.
 Backward repeats a matmul once for the gradient of its input where gradients flow through its part (anything in
 or before it trains) and once more for its weight where that trains; attention backward is twice its forward.
 A LoRA-tuned LLM is counted as gradients flowing through all of it (its first layer's q/k/v need none when nothing
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from .modeling.internvl_chat import InternVLChatModel
+from .modeling.segments import IGNORE_INDEX
 
 
 @dataclass
@@ -62,12 +64,16 @@ def training_step_flops(network: InternVLChatModel, data: Dict[str, torch.Tensor
     sample_ids = (rows * (int(segment_ids.max()) + 1) + segment_ids)[segment_ids > 0]
     sample_lengths = torch.bincount(sample_ids).double()
     tokens = int(sample_lengths.sum())
+    supervised = int((data['labels'][:, 1:] != IGNORE_INDEX).sum())
+    output_layer = language.get_output_embeddings()
+    decoder = [module for module in language.modules() if module is not output_layer]
 
     vision_layers = vision.encoder.layers[:vision.layers_run(network.select_layer)]
     matmul = (_matmul_flops(vision.embeddings.modules(), tiles * grid * grid, vision_flows)
               + _matmul_flops(vision_layers.modules(), tiles * vision_tokens, vision_flows)
               + _matmul_flops(mlp1.modules(), tiles * network.tokens_per_tile, mlp1_flows)
-              + _matmul_flops(language.modules(), tokens, llm_flows))
+              + _matmul_flops(decoder, tokens, llm_flows)
+              + _matmul_flops([output_layer], supervised, llm_flows))
 
     vision_passes = 3 if vision_flows else 1
     vision_attention = (2 * 2 * vision_tokens ** 2 * vision.config.hidden_size * tiles

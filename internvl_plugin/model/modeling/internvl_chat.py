@@ -105,7 +105,8 @@ class InternVLChatModel(nn.Module):
                 image_flags: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
                 position_ids: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
                 segment_ids: Optional[torch.Tensor] = None, loss_reduction: str = 'token'):
-        """Returns (logits, loss); loss weighs labels != -100 per `loss_reduction` (None without labels).
+        """(logits, None) without labels; (None, loss) with them, the loss weighing labels != -100 per
+        `loss_reduction` (logits then exist only where a label is supervised, see causal_lm_loss).
 
         Packed rows (several samples, `segment_ids` > 1) attend within each sample. For flash attention 2 and
         SDPA the rows go in as one row with restarting `position_ids` (variable-length flash attention, or one
@@ -122,12 +123,12 @@ class InternVLChatModel(nn.Module):
                 embeds = embeds.reshape(1, -1, embeds.shape[-1])
                 position_ids = position_ids.reshape(1, -1)
                 attention_mask = per_sample_mask_marker(embeds.device, embeds.dtype) if attn == 'sdpa' else None
-        out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                                  use_cache=False)
-        logits = out.logits.reshape(*shape, -1)
+        inputs = dict(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
         if labels is None:
-            return logits, None
-        return logits, causal_lm_loss(logits, labels, segment_ids, loss_reduction)
+            return self.language_model(**inputs).logits.reshape(*shape, -1), None
+        hidden = self.language_model.get_decoder()(**inputs).last_hidden_state.reshape(*shape, -1)
+        return None, causal_lm_loss(hidden, self.language_model.get_output_embeddings(), labels, segment_ids,
+                                    loss_reduction)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, pixel_values: Optional[torch.Tensor] = None,

@@ -11,9 +11,12 @@ from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
 LOSS_REDUCTIONS = ('token', 'sample', 'square')
+LOSS_CHUNK_ROWS = 2048  # supervised tokens whose logits exist at once: 3.5 GB at a 150k vocabulary
 
 
 def is_packed(segment_ids: Optional[torch.Tensor]) -> bool:
@@ -107,12 +110,29 @@ def token_weights(labels: torch.Tensor, segment_ids: Optional[torch.Tensor], red
     return per_token * supervised
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, segment_ids: Optional[torch.Tensor] = None,
-                   reduction: str = 'token') -> torch.Tensor:
+def _weighted_cross_entropy(output_layer: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                            weights: torch.Tensor) -> torch.Tensor:
+    return (F.cross_entropy(output_layer(hidden).float(), targets, reduction='none') * weights).sum()
+
+
+def causal_lm_loss(hidden: torch.Tensor, output_layer: nn.Module, labels: torch.Tensor,
+                   segment_ids: Optional[torch.Tensor] = None, reduction: str = 'token') -> torch.Tensor:
     """sum(weight * cross-entropy) / sum(weight) over next-token predictions: the token mean for 'token', the mean
-    of per-sample means for 'sample'. A batch without supervised tokens gives 0 (with a graph), not NaN."""
-    shift_labels = labels[:, 1:].to(logits.device)
+    of per-sample means for 'sample'. A batch without supervised tokens gives 0 (with a graph), not NaN.
+
+    Logits are made only where a label is supervised: image and prompt tokens (most of a multimodal sample) need
+    none, and a 16k-token pack's fp32 logits over a 150k vocabulary take about 10 GB. Beyond LOSS_CHUNK_ROWS
+    supervised tokens they are made a chunk at a time and again in backward, so a batch of long answers holds one
+    chunk's logits, not all of them."""
+    shift_labels = labels[:, 1:].to(hidden.device)
     weights = token_weights(shift_labels, None if segment_ids is None else segment_ids[:, 1:], reduction)
-    losses = F.cross_entropy(logits[:, :-1, :].float().reshape(-1, logits.shape[-1]), shift_labels.reshape(-1),
-                             ignore_index=IGNORE_INDEX, reduction='none')
-    return (losses * weights.reshape(-1)).sum() / weights.sum().clamp(min=1)
+    supervised = shift_labels != IGNORE_INDEX
+    rows, targets, row_weights = hidden[:, :-1][supervised], shift_labels[supervised], weights[supervised]
+    if rows.shape[0] <= LOSS_CHUNK_ROWS:
+        total = _weighted_cross_entropy(output_layer, rows, targets, row_weights)
+    else:
+        total = sum(checkpoint(_weighted_cross_entropy, output_layer, rows[start:start + LOSS_CHUNK_ROWS],
+                               targets[start:start + LOSS_CHUNK_ROWS], row_weights[start:start + LOSS_CHUNK_ROWS],
+                               use_reentrant=False)
+                    for start in range(0, rows.shape[0], LOSS_CHUNK_ROWS))
+    return total / weights.sum().clamp(min=1)
