@@ -43,8 +43,7 @@ def test_loss_is_the_cross_entropy_of_full_logits_with_logits_made_only_where_su
     assert torch.allclose(loss, reference, rtol=1e-5)
 
 
-def test_loss_in_chunks_equals_the_whole_loss_with_each_chunks_logits_made_again_in_backward(tiny_checkpoint,
-                                                                                              monkeypatch):
+def test_chunked_loss_equals_the_whole_one_and_remakes_each_chunk_in_backward(tiny_checkpoint, monkeypatch):
     from internvl_plugin.model.modeling import segments
     model = InternVL_V1_5(tiny_checkpoint('qwen2'), torch_dtype='float32', loss_reduction='square')
     batch = image_batch(model, answer='a red circle on a white square, left of a small blue triangle')
