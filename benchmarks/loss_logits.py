@@ -12,14 +12,12 @@ runs in its own process, so its peak memory is its own. Prints both losses (equa
 memory above what its inputs and weights hold.
 """
 import argparse
-import multiprocessing
-import resource
 import time
-from concurrent.futures import ProcessPoolExecutor
 from typing import Dict
 
 import torch
 import torch.nn.functional as F
+from train_step import in_own_process, peak_memory_gib
 
 from internvl_plugin.model.modeling.segments import IGNORE_INDEX, causal_lm_loss
 from internvl_plugin.tiny import RELEASED_SHAPES
@@ -31,12 +29,6 @@ def every_token_loss(hidden: torch.Tensor, output_layer: torch.nn.Module, labels
     logits = output_layer(hidden).float()
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
                            ignore_index=IGNORE_INDEX)
-
-
-def peak_bytes(device: torch.device) -> int:
-    if device.type == 'cuda':
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def measure(size: str, tokens: int, supervised: float, ours: bool, device_name: str) -> Dict[str, float]:
@@ -51,7 +43,7 @@ def measure(size: str, tokens: int, supervised: float, ours: bool, device_name: 
     labels = torch.randint(0, config['vocab_size'], (1, tokens), generator=generator)
     labels[torch.rand(1, tokens, generator=generator) >= supervised] = IGNORE_INDEX
     labels = labels.to(device)
-    before = peak_bytes(device)
+    before = peak_memory_gib(device)
     seconds = 0.0
     for step in range(STEPS + 1):
         start = time.perf_counter()
@@ -65,12 +57,7 @@ def measure(size: str, tokens: int, supervised: float, ours: bool, device_name: 
             torch.cuda.synchronize(device)
         if step:  # the first step warms up
             seconds += time.perf_counter() - start
-    return {'loss': loss.item(), 'ms': seconds / STEPS * 1000, 'peak_gib': (peak_bytes(device) - before) / 2 ** 30}
-
-
-def in_own_process(*args) -> Dict[str, float]:
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context('spawn')) as pool:
-        return pool.submit(measure, *args).result()
+    return {'loss': loss.item(), 'ms': seconds / STEPS * 1000, 'peak_gib': peak_memory_gib(device) - before}
 
 
 def main() -> None:
@@ -81,8 +68,8 @@ def main() -> None:
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     args = parser.parse_args()
     config = RELEASED_SHAPES[args.size]['llm_config']
-    every = in_own_process(args.size, args.tokens, args.supervised, False, args.device)
-    ours = in_own_process(args.size, args.tokens, args.supervised, True, args.device)
+    every = in_own_process(measure, args.size, args.tokens, args.supervised, False, args.device)
+    ours = in_own_process(measure, args.size, args.tokens, args.supervised, True, args.device)
     print(f"{RELEASED_SHAPES[args.size]['model']} output layer ({config['hidden_size']} x {config['vocab_size']}, "
           f'bf16), {args.tokens} tokens, {args.supervised:.1%} supervised, {args.device}, torch {torch.__version__}')
     for name, result in (('logits for every token', every), ('logits where supervised', ours)):

@@ -131,8 +131,6 @@ def causal_lm_loss(hidden: torch.Tensor, output_layer: nn.Module, labels: torch.
     if rows.shape[0] <= LOSS_CHUNK_ROWS:
         total = _weighted_cross_entropy(output_layer, rows, targets, row_weights)
     else:
-        total = sum(checkpoint(_weighted_cross_entropy, output_layer, rows[start:start + LOSS_CHUNK_ROWS],
-                               targets[start:start + LOSS_CHUNK_ROWS], row_weights[start:start + LOSS_CHUNK_ROWS],
-                               use_reentrant=False)
-                    for start in range(0, rows.shape[0], LOSS_CHUNK_ROWS))
+        chunks = zip(rows.split(LOSS_CHUNK_ROWS), targets.split(LOSS_CHUNK_ROWS), row_weights.split(LOSS_CHUNK_ROWS))
+        total = sum(checkpoint(_weighted_cross_entropy, output_layer, *chunk, use_reentrant=False) for chunk in chunks)
     return total / weights.sum().clamp(min=1)
