@@ -1,45 +1,63 @@
 #!/usr/bin/env bash
-# Builds one of the two tested environments:  bash scripts/make_env.sh (pinned|newest) VENV_DIR
-#   pinned: what `pip install -e .` resolves to with xtuner 0.2.0's pins (torch 2.5 era).
-#   newest: the newest set xtuner tolerates (torch 2.14.1, transformers 4.57.6, bitsandbytes 0.50.2, ...).
-# The pip commands below are the ones README.md gives users. An environment that is newer than this script and
-# setup.py is kept as it is.
+# Builds one tested environment from its lock file:   bash scripts/make_env.sh WORLD VENV_DIR
+#   pinned         xtuner 0.2.0's own pins (torch 2.5.1, transformers 4.48.0)
+#   transformers4  the newest set on transformers 4 (torch 2.14.1, transformers 4.57.6)
+#   newest         the current stack (torch 2.15.0, transformers 5.24.0; xtuner through internvl_plugin_bridge)
+# locks/WORLD.txt lists every package at its exact version. They are installed as listed, without dependency
+# resolution, so a build gives the same set whatever the registry publishes later; scripts/check_env.py then asserts
+# it. An environment built from the same lock, script and setup.py is reused (and checked again).
 set -euo pipefail
-world=$1
-venv=$2
+world=${1:?usage: make_env.sh WORLD VENV_DIR}
+venv=${2:?usage: make_env.sh WORLD VENV_DIR}
 cd "$(dirname "$0")/.."
-if [ -f "$venv/.ready" ] && [ "$venv/.ready" -nt scripts/make_env.sh ] && [ "$venv/.ready" -nt setup.py ]; then
-  echo "$world environment in $venv is up to date"
-  exit 0
+lock=$PWD/${INTERNVL_LOCKS:-locks}/$world.txt
+if [ ! -f "$lock" ]; then
+  echo "make_env.sh: no lock file $lock for world '$world' (worlds: $(ls locks | sed 's/\.txt$//' | tr '\n' ' '))" >&2
+  exit 2
 fi
-rm -rf "$venv"
+marker=$venv/internvl-world
+say() { echo "[make_env $world] $*"; }
 
-pip_install() {
+if [ -f "$marker" ] && [ "$marker" -nt "$lock" ] && [ "$marker" -nt scripts/make_env.sh ] && [ "$marker" -nt setup.py ]
+then
+  say "reusing $venv"
+  exec "$venv/bin/python" scripts/check_env.py "$lock"
+fi
+if [ -e "$venv" ]; then
+  if [ ! -f "$marker" ] && [ ! -f "$venv/internvl-world.building" ]; then  # never delete what it did not make
+    echo "make_env.sh: $venv exists and was not made by make_env.sh; remove it or name another folder" >&2
+    exit 2
+  fi
+  rm -rf "$venv"
+fi
+
+# The lock is the only constraint: it replaces a constraint file the machine's pip configuration may name.
+export PIP_CONSTRAINT=$lock PIP_DISABLE_PIP_VERSION_CHECK=1
+pip_install() {  # pip_install ARGS...: quiet; on failure the package the registry lacks, in one line, or pip's log
   local log
   log=$(mktemp)
-  if ! "$venv/bin/python" -m pip install -q "$@" >"$log" 2>&1; then
-    grep -v 'is ignored: it is neither' "$log" >&2
+  if "$venv/bin/python" -m pip install --no-deps "$@" >"$log" 2>&1; then
     rm -f "$log"
-    return 1
+    return 0
   fi
-  grep -v 'is ignored: it is neither' "$log" || true
+  missing=$(sed -n 's/.*No matching distribution found for \([^ ]*\).*/\1/p' "$log" | head -n 1)
+  if [ -n "$missing" ]; then
+    echo "make_env.sh: world '$world' cannot be built: $missing (from $lock) is not on the package registry" >&2
+  else
+    grep -v 'is ignored: it is neither' "$log" >&2
+    echo "make_env.sh: world '$world': pip failed (above)" >&2
+  fi
   rm -f "$log"
+  return 1
 }
 
+say "creating $venv"
 python3 -m venv "$venv"
-case "$world" in
-  pinned)
-    pip_install torch==2.5.1 torchvision==0.20.1
-    pip_install -e '.[deepspeed,test]' deepspeed==0.16.2
-    ;;
-  newest)
-    pip_install torch==2.14.1 torchvision==0.29.1
-    pip_install -e '.[deepspeed,test]'
-    # Over xtuner's pins; pip reports the conflict with xtuner's pins, which is expected (README, "Tested versions").
-    pip_install transformers==4.57.6 mmengine==0.10.7 bitsandbytes==0.50.2 peft==0.21.2 deepspeed==0.19.6 \
-      'huggingface_hub<1'
-    ;;
-  *) echo "make_env.sh: unknown world '$world' (expected pinned or newest)" >&2; exit 2 ;;
-esac
-"$venv/bin/python" -c "import torch, transformers, mmengine, xtuner; print('$world environment:', 'torch', torch.__version__, 'transformers', transformers.__version__, 'mmengine', mmengine.__version__)"
-touch "$venv/.ready"
+touch "$venv/internvl-world.building"
+say "installing the $(grep -c '^[^#].*==' "$lock") packages of $lock (a few GB the first time, about 2-5 minutes)"
+pip_install -r "$lock"
+say "installing internvl_plugin (editable)"
+pip_install -e .
+"$venv/bin/python" scripts/check_env.py "$lock"
+rm -f "$venv/internvl-world.building"
+echo "$world" > "$marker"

@@ -1,23 +1,55 @@
 #!/usr/bin/env bash
-# Sets up the two tested environments under .venvs/ (once) and runs the test suite in each:
-# first with xtuner 0.2.0's pins, then with the newest versions, where no test may be skipped.
-set -euo pipefail
+# Builds the three tested environments from locks/ under .venvs/ (once) and runs the test suite in each:
+# pinned (xtuner 0.2.0's pins), transformers4 (newest on transformers 4), newest (torch 2.15, transformers 5).
+# Outside the pinned world no test may be skipped. Extra arguments go to pytest.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 venvs=${INTERNVL_VENVS:-.venvs}
+worlds=(pinned transformers4 newest)
 mkdir -p "$venvs"
 
-build() {  # build WORLD: quiet unless it fails
-  bash scripts/make_env.sh "$1" "$venvs/$1" > "$venvs/$1.log" 2>&1 || { cat "$venvs/$1.log"; return 1; }
-  tail -n 1 "$venvs/$1.log"
-}
-build pinned & pinned_pid=$!
-build newest & newest_pid=$!
-wait $pinned_pid
-wait $newest_pid
+echo "=== building ${worlds[*]} under $venvs/ (logs: $venvs/WORLD.log; the first build downloads a few GB) ==="
+pids=()
+for world in "${worlds[@]}"; do
+  bash scripts/make_env.sh "$world" "$venvs/$world" > "$venvs/$world.log" 2>&1 &
+  pids+=($!)
+done
+built=0
+for i in "${!worlds[@]}"; do
+  if wait "${pids[$i]}"; then
+    tail -n 1 "$venvs/${worlds[$i]}.log"
+  else
+    built=1
+    echo "--- ${worlds[$i]}: the environment could not be built ($venvs/${worlds[$i]}.log):"
+    tail -n 20 "$venvs/${worlds[$i]}.log"
+  fi
+done
+[ $built = 0 ] || { echo "no tests run: an environment could not be built (above)"; exit 1; }
 
 status=0
-echo "=== tests: pinned world (xtuner 0.2.0's pins; CPU 4-bit and native-InternVL tests skip here) ==="
-INTERNVL_NO_SKIP=0 "$venvs/pinned/bin/python" -m pytest tests -q -rs -p no:cacheprovider "$@" || status=1
-echo "=== tests: newest world (no test may be skipped) ==="
-INTERNVL_NO_SKIP=1 "$venvs/newest/bin/python" -m pytest tests -q -rs -p no:cacheprovider "$@" || status=1
+summary=()
+for world in "${worlds[@]}"; do
+  no_skip=1
+  [ "$world" = pinned ] && no_skip=0  # the CPU 4-bit and native-InternVL tests cannot run on xtuner's own pins
+  echo "=== tests: $world world$([ $no_skip = 1 ] && echo ' (no test may be skipped)') ==="
+  log=$venvs/$world.tests.log
+  INTERNVL_NO_SKIP=$no_skip "$venvs/$world/bin/python" -m pytest tests -q -rfEs -p no:cacheprovider "$@" 2>&1 \
+    | tee "$log"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  counts=$(grep -E '[0-9]+ (passed|failed|error)' "$log" | tail -n 1)
+  for kind in passed failed skipped error; do
+    n=$(echo "$counts" | grep -oE "[0-9]+ $kind" | grep -oE '[0-9]+' || true)
+    eval "${kind}_$world=${n:-0}"
+  done
+  summary+=("$world")
+done
+echo "=== summary (full output: $venvs/WORLD.tests.log) ==="
+total_passed=0 total_failed=0 total_skipped=0
+for world in "${summary[@]}"; do
+  p=passed_$world f=failed_$world e=error_$world s=skipped_$world
+  echo "$world: ${!p} passed, $((${!f} + ${!e})) failed, ${!s} skipped"
+  total_passed=$((total_passed + ${!p})) total_failed=$((total_failed + ${!f} + ${!e}))
+  total_skipped=$((total_skipped + ${!s}))
+done
+echo "total: $total_passed passed, $total_failed failed, $total_skipped skipped"
 exit $status
