@@ -1,0 +1,116 @@
+"""What xtuner 0.2.0 and mmengine 0.10 import that transformers 5 and deepspeed >= 0.19.7 no longer have.
+
+xtuner gets no more releases, so `xtuner train` cannot import its own tools on transformers 5. The package installs
+`internvl_plugin_bridge.pth`, which runs `install()` when any Python of the environment starts; that only appends a
+finder to `sys.meta_path` (standard library only, no import of torch or transformers). The finder acts twice:
+
+- when `xtuner` is first imported, before any of its code runs, it adds each name of `TRANSFORMERS_NAMES` that the
+  installed transformers lacks (on transformers 4.x every name is there and nothing is added);
+- when `deepspeed.runtime.fp16.onebit` (the 1-bit optimizers, removed in deepspeed 0.19.7) is imported and
+  deepspeed has no such module, it serves one whose optimizers refuse to be built with a line saying why: mmengine's
+  DeepSpeed strategy imports them to register their names, and no InternVL recipe uses them.
+
+`applied` lists what was added, so tests and `python -m internvl_plugin_bridge` can show it.
+"""
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+from typing import Callable, List, Tuple
+
+ONEBIT_MODULE = 'deepspeed.runtime.fp16.onebit'
+ONEBIT_OPTIMIZERS = ('OnebitAdam', 'OnebitLamb', 'ZeroOneAdam')
+
+
+def _always_available() -> bool:
+    return True
+
+
+def _no_init_weights() -> object:
+    return importlib.import_module('transformers.initialization').no_init_weights
+
+
+def _loss_kwargs() -> object:
+    return importlib.import_module('transformers.utils.generic').TransformersKwargs
+
+
+# (module, name, what transformers 5 has instead). safetensors, torch.fx and SDPA are always there on the torch
+# versions transformers 5 supports, so the removed availability checks answer True; no_init_weights moved to
+# transformers.initialization; LossKwargs (a TypedDict of loss arguments) became part of TransformersKwargs.
+TRANSFORMERS_NAMES: List[Tuple[str, str, Callable[[], object]]] = [
+    ('transformers.utils', 'is_safetensors_available', lambda: _always_available),
+    ('transformers.utils.import_utils', 'is_safetensors_available', lambda: _always_available),
+    ('transformers.utils', 'is_torch_fx_available', lambda: _always_available),
+    ('transformers.utils.import_utils', 'is_torch_fx_available', lambda: _always_available),
+    ('transformers.utils', 'is_torch_sdpa_available', lambda: _always_available),
+    ('transformers.utils.import_utils', 'is_torch_sdpa_available', lambda: _always_available),
+    ('transformers.modeling_utils', 'no_init_weights', _no_init_weights),
+    ('transformers.utils', 'LossKwargs', _loss_kwargs),
+]
+
+applied: List[str] = []
+
+
+def add_missing_transformers_names() -> List[str]:
+    """Adds the names transformers lacks; returns them as 'module.name'."""
+    added = []
+    if importlib.util.find_spec('transformers') is None:
+        return added
+    for module_name, name, replacement in TRANSFORMERS_NAMES:
+        module = importlib.import_module(module_name)
+        if not hasattr(module, name):
+            setattr(module, name, replacement())
+            added.append(f'{module_name}.{name}')
+    applied.extend(added)
+    return added
+
+
+def _removed_optimizer(name: str) -> type:
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError(f'{name} was removed in deepspeed 0.19.7; install deepspeed<0.19.7 to use it')
+    return type(name, (), {'__init__': refuse, '__module__': ONEBIT_MODULE})
+
+
+class _OnebitLoader(importlib.abc.Loader):
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module) -> None:
+        for name in ONEBIT_OPTIMIZERS:
+            setattr(module, name, _removed_optimizer(name))
+        applied.append(ONEBIT_MODULE)
+
+
+class _XtunerTrigger(importlib.abc.MetaPathFinder):
+    """First on sys.meta_path: adds the names the first time `xtuner` is looked up, before any finder loads it."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == 'xtuner':
+            sys.meta_path.remove(self)
+            add_missing_transformers_names()
+        return None
+
+
+class _OnebitFallback(importlib.abc.MetaPathFinder):
+    """Last on sys.meta_path: asked for the 1-bit module only when deepspeed itself has none."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == ONEBIT_MODULE:
+            return importlib.machinery.ModuleSpec(fullname, _OnebitLoader())
+        return None
+
+
+def install() -> None:
+    """Called from the .pth file at start-up; cheap and idempotent."""
+    if any(isinstance(finder, _OnebitFallback) for finder in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _XtunerTrigger())
+    sys.meta_path.append(_OnebitFallback())
+
+
+if __name__ == '__main__':  # python -m internvl_plugin_bridge: what the bridge adds in this environment
+    bridge = importlib.import_module('internvl_plugin_bridge')  # the copy the .pth file installed, not __main__
+    importlib.import_module('xtuner')
+    importlib.import_module('mmengine._strategy.deepspeed').register_deepspeed_optimizers()
+    print('internvl_plugin_bridge added:', ', '.join(bridge.applied) or 'nothing (every name is there)')

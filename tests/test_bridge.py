@@ -1,0 +1,96 @@
+"""internvl_plugin_bridge: what it adds for xtuner 0.2.0 on transformers 5 / deepspeed >= 0.19.7, and that it adds
+nothing where the names exist (the pinned and transformers4 worlds)."""
+import os
+import subprocess
+import sys
+import sysconfig
+from importlib.metadata import version
+
+from packaging.version import Version
+
+TRANSFORMERS_5 = Version(version('transformers')) >= Version('5')
+ONEBIT_REMOVED = Version(version('deepspeed')) >= Version('0.19.7')
+# Python code that takes the bridge's hooks out of a fresh interpreter again.
+WITHOUT_HOOKS = ('import sys\n'
+                 "sys.meta_path[:] = [f for f in sys.meta_path if type(f).__module__ != 'internvl_plugin_bridge']\n")
+XTUNER_NEEDS = ['transformers.utils.is_safetensors_available', 'transformers.modeling_utils.no_init_weights']
+
+
+def fresh_python(code: str) -> subprocess.CompletedProcess:
+    """A new interpreter of this environment, as `xtuner train` starts one (site-packages .pth files run)."""
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_the_package_installs_the_start_up_hook():
+    pth = os.path.join(sysconfig.get_paths()['purelib'], 'internvl_plugin_bridge.pth')
+    with open(pth) as f:
+        assert f.read().strip() == 'import internvl_plugin_bridge; internvl_plugin_bridge.install()'
+    result = fresh_python('import sys; print(sorted(type(f).__name__ for f in sys.meta_path '
+                          "if type(f).__module__ == 'internvl_plugin_bridge'))")
+    assert result.stdout.strip() == "['_OnebitFallback', '_XtunerTrigger']", result.stderr
+    # Start-up stays cheap: the hook imports neither torch nor transformers.
+    result = fresh_python("import sys; print('torch' in sys.modules, 'transformers' in sys.modules)")
+    assert result.stdout.strip() == 'False False'
+
+
+def names_transformers_lacks() -> list:
+    """Asked in an interpreter without the bridge's hooks."""
+    result = fresh_python(WITHOUT_HOOKS + 'import importlib\n'
+                          'from internvl_plugin_bridge import TRANSFORMERS_NAMES\n'
+                          "print([f'{m}.{n}' for m, n, _ in TRANSFORMERS_NAMES\n"
+                          '       if not hasattr(importlib.import_module(m), n)])')
+    assert result.returncode == 0, result.stderr[-2000:]
+    return eval(result.stdout.strip().splitlines()[-1])
+
+
+def test_xtuner_train_imports_and_the_bridge_adds_only_what_is_missing():
+    result = fresh_python('import internvl_plugin_bridge as bridge, xtuner.tools.train, xtuner.model, '
+                          'xtuner.engine.runner; print(bridge.applied)')
+    assert result.returncode == 0, result.stderr[-2000:]
+    applied = eval(result.stdout.strip().splitlines()[-1])
+    assert applied == names_transformers_lacks()
+    if TRANSFORMERS_5:
+        assert all(name in applied for name in XTUNER_NEEDS), applied
+    if version('transformers') == '4.48.0':
+        assert applied == []  # xtuner's own pins have every name: the bridge changes nothing there
+
+
+def test_without_the_bridge_xtuner_fails_exactly_where_transformers_5_removed_names():
+    result = fresh_python(WITHOUT_HOOKS + 'import xtuner.tools.train')
+    if TRANSFORMERS_5:
+        assert "cannot import name 'is_safetensors_available' from 'transformers.utils'" in result.stderr
+    else:
+        assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_transformers_names_keep_their_meaning():
+    result = fresh_python('import xtuner, transformers.utils as u, transformers.modeling_utils as m\n'
+                          'print(u.is_safetensors_available(), u.is_torch_sdpa_available(), '
+                          'u.is_torch_fx_available())\n'
+                          'with m.no_init_weights():\n'
+                          '    import torch; layer = torch.nn.Linear(2, 2)\n'
+                          'print(type(layer).__name__)')
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ['True', 'True', 'True', 'Linear']
+
+
+def test_mmengine_registers_deepspeed_optimizers_and_removed_ones_refuse_in_one_line():
+    result = fresh_python('import internvl_plugin_bridge as bridge\n'
+                          'from mmengine._strategy.deepspeed import register_deepspeed_optimizers\n'
+                          'names = register_deepspeed_optimizers()\n'
+                          'from deepspeed.runtime.fp16.onebit import OnebitAdam\n'
+                          'print(sorted(names)); print(bridge.applied)\n'
+                          'try:\n'
+                          '    OnebitAdam([])\n'
+                          'except Exception as error:\n'
+                          '    print(type(error).__name__, error)')
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert eval(lines[-3]) == sorted(['DeepSpeedCPUAdam', 'FusedAdam', 'FusedLamb', 'OnebitAdam', 'OnebitLamb',
+                                      'ZeroOneAdam'])
+    served = 'deepspeed.runtime.fp16.onebit' in eval(lines[-2])
+    assert served == ONEBIT_REMOVED
+    if ONEBIT_REMOVED:
+        assert lines[-1] == ('RuntimeError OnebitAdam was removed in deepspeed 0.19.7; install deepspeed<0.19.7 '
+                             'to use it')
