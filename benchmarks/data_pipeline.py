@@ -8,8 +8,9 @@ same tokenizer and tiling settings, for max_dynamic_patch 6 and 12, in one threa
 The passes alternate, so drift on a shared machine hits both alike. Each sample is timed from its first access:
 XTuner's dataset rewrites its records on access, so its records are restored before every pass.
 
-XTuner's dataset reads the checkpoint config with AutoConfig(trust_remote_code=True), which needs the official
-remote code that a tiny offline checkpoint does not ship; the benchmark hands it the same config.json values
+XTuner's dataset reads the checkpoint config and tokenizer with AutoConfig / AutoTokenizer(trust_remote_code=True),
+which need the official remote code that a tiny offline checkpoint does not ship; the benchmark hands it the same
+config.json values and the tokenizer ours uses (the plugin's InternLM2Tokenizer on the same tokenizer.model)
 instead. It supports InternLM2 and Phi-3 models only, so the checkpoint is a tiny InternLM2 one.
 Ours returns uint8 tiles that the model normalises on its device; XTuner's returns normalised float32 tiles.
 The `exact_pixels=True` row (full decode, PIL resize, bit-identical tiles) separates the pixel path's share.
@@ -27,6 +28,7 @@ from typing import Any, Callable, Dict, List, Tuple
 import torch
 
 from internvl_plugin import InternVL_V1_5_Dataset
+from internvl_plugin.files import load_tokenizer
 from internvl_plugin.tiny import build_tiny_checkpoint, photo_paths, write_photos
 
 QUICK_SIZES = [None, (4032, 3024), (1920, 1080)]
@@ -59,6 +61,7 @@ def xtuner_dataset(model_path: str, data_path: str, folder: str, max_dynamic_pat
         config = json.load(f)
     config['max_dynamic_patch'] = max_dynamic_patch
     xtuner_module.AutoConfig = SimpleNamespace(from_pretrained=lambda *args, **kwargs: _namespace(config))
+    xtuner_module.AutoTokenizer = SimpleNamespace(from_pretrained=lambda *args, **kwargs: load_tokenizer(model_path))
     return xtuner_module.InternVL_V1_5_Dataset(model_path, copy.deepcopy(PROMPT_TEMPLATE.internlm2_chat),
                                                data_paths=[data_path], image_folders=[folder], max_length=16384)
 

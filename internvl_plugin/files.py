@@ -43,12 +43,20 @@ def read_json(path: str) -> Dict[str, Any]:
 
 
 def load_tokenizer(folder: str, add_internvl_tokens: bool = False) -> Any:
-    """The checkpoint's tokenizer; remote code only where the tokenizer class needs it (InternLM2's).
-    `add_internvl_tokens` adds the InternVL special tokens an LLM's own tokenizer lacks."""
+    """The checkpoint's tokenizer. InternLM2's (remote code in every released checkpoint) is read from its
+    SentencePiece model by the plugin's own class, on any transformers version; other tokenizers load with
+    transformers, remote code only where their config names it. `add_internvl_tokens` adds the InternVL special
+    tokens an LLM's own tokenizer lacks."""
     from transformers import AutoTokenizer
+
+    from .internlm2_tokenizer import INTERNLM2_TOKENIZER_CLASSES, VOCAB_FILE, InternLM2Tokenizer
     tokenizer_config = os.path.join(folder, 'tokenizer_config.json')
-    remote = os.path.isfile(tokenizer_config) and 'auto_map' in read_json(tokenizer_config)
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)
+    config = read_json(tokenizer_config) if os.path.isfile(tokenizer_config) else {}
+    sentencepiece_model = os.path.join(folder, VOCAB_FILE)
+    if config.get('tokenizer_class') in INTERNLM2_TOKENIZER_CLASSES and os.path.isfile(sentencepiece_model):
+        tokenizer = InternLM2Tokenizer.from_pretrained(folder)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code='auto_map' in config)
     if add_internvl_tokens:
         tokenizer.add_tokens(INTERNVL_SPECIAL_TOKENS, special_tokens=True)
     return tokenizer

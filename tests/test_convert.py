@@ -98,7 +98,7 @@ def test_bf16_sharded_output_with_remote_code(tiny_checkpoint, tmp_path):
     index = json.load(open(os.path.join(out, 'model.safetensors.index.json')))
     shards = sorted(set(index['weight_map'].values()))
     assert len(shards) > 1 and set(shards) <= set(files)
-    assert 'tokenizer.json' in files and json.load(open(os.path.join(out, 'config.json')))['torch_dtype'] == 'bfloat16'
+    assert 'tokenizer.model' in files and json.load(open(os.path.join(out, 'config.json')))['torch_dtype'] == 'bfloat16'
     reloaded = InternVL_V1_5(out, torch_dtype='bfloat16')
     assert next(reloaded.model.language_model.parameters()).dtype == torch.bfloat16
     assert not any(name.startswith('.') for name in os.listdir(tmp_path))  # no temporary folders left
@@ -126,7 +126,9 @@ def test_hf_format_loads_with_the_native_class_and_gives_the_same_logits(tiny_ch
     assert (native_logits - merged_logits).abs().max().item() < 1e-4
 
     from PIL import Image
-    from transformers import AutoProcessor
+    from transformers import AutoProcessor, AutoTokenizer
+    text = '<|im_start|>user\n<img><IMG_CONTEXT></img>\nWhat colour is it?<|im_end|><|im_start|>assistant\n red 12'
+    assert AutoTokenizer.from_pretrained(out)(text)['input_ids'] == model.tokenizer(text)['input_ids']
     processor = AutoProcessor.from_pretrained(out)
     assert type(processor).__name__ == 'InternVLProcessor' and processor.image_token == '<IMG_CONTEXT>'
     inputs = processor(text=['<IMG_CONTEXT>\nWhat colour?'], images=[Image.new('RGB', (900, 450), (200, 10, 10))],

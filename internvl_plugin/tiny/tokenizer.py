@@ -1,4 +1,6 @@
-"""Tiny byte-level BPE tokenizers built offline, with each family's chat tokens and InternVL's special tokens."""
+"""Tiny tokenizers built offline, in each family's real form, with its chat tokens and InternVL's special tokens:
+byte-level BPE (tokenizer.json) for Qwen2 / Phi3 / Llama, a SentencePiece tokenizer.model for InternLM2."""
+import io
 from typing import Dict, List
 
 from ..files import INTERNVL_SPECIAL_TOKENS
@@ -7,8 +9,6 @@ from ..files import INTERNVL_SPECIAL_TOKENS
 FAMILY_TOKENS: Dict[str, Dict] = {
     'qwen2': {'special': ['<|endoftext|>', '<|im_start|>', '<|im_end|>'],
               'bos': None, 'eos': '<|im_end|>', 'pad': '<|endoftext|>'},
-    'internlm2': {'special': ['<unk>', '<s>', '</s>', '<|im_start|>', '<|im_end|>'],
-                  'bos': '<s>', 'eos': '</s>', 'pad': '</s>'},
     'phi3': {'special': ['<unk>', '<s>', '</s>', '<|endoftext|>', '<|system|>', '<|user|>', '<|assistant|>', '<|end|>'],
              'bos': '<s>', 'eos': '<|endoftext|>', 'pad': '<|endoftext|>'},
     'llama': {'special': ['<unk>', '<|startoftext|>', '<|endoftext|>', '<|im_start|>', '<|im_end|>'],
@@ -29,10 +29,17 @@ _CORPUS = [
 ]
 
 
+# InternLM2's chat tokens, in the order of their ids at the end of its SentencePiece vocabulary (92538-92543).
+INTERNLM2_CHAT_TOKENS = ['<|plugin|>', '<|interpreter|>', '<|action_end|>', '<|action_start|>', '<|im_end|>',
+                         '<|im_start|>']
+
+
 def build_tiny_tokenizer(family: str, vocab_size: int = 1000, internvl_tokens: bool = True):
-    """A PreTrainedTokenizerFast trained in milliseconds; saves and loads offline like a real one.
+    """A tokenizer trained in milliseconds; saves and loads offline like the family's real one.
 
     Without `internvl_tokens` it is a plain LLM tokenizer, as an LLM checkpoint used to assemble a new InternVL has."""
+    if family == 'internlm2':
+        return build_tiny_internlm2_tokenizer(internvl_tokens)
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
     spec = FAMILY_TOKENS[family]
@@ -55,3 +62,21 @@ def build_tiny_tokenizer(family: str, vocab_size: int = 1000, internvl_tokens: b
                                    additional_special_tokens=[t for t in special if t not in named])
     fast.model_max_length = 8192
     return fast
+
+
+def build_tiny_internlm2_tokenizer(internvl_tokens: bool = True):
+    """InternLM2's form: a SentencePiece BPE model with byte fallback (newlines and rare characters as bytes),
+    <unk> <s> </s> as ids 0-2, the chat tokens as user-defined pieces, InternVL's tokens added after the
+    vocabulary; saved as tokenizer.model with the official tokenizer_config.json (remote class names in auto_map)."""
+    import sentencepiece
+    from ..internlm2_tokenizer import InternLM2Tokenizer
+    proto = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(_CORPUS * 4), model_writer=proto, vocab_size=600, hard_vocab_limit=False,
+        model_type='bpe', byte_fallback=True, character_coverage=1.0, split_digits=True, unk_id=0, bos_id=1,
+        eos_id=2, pad_id=-1, user_defined_symbols=INTERNLM2_CHAT_TOKENS, normalization_rule_name='identity',
+        remove_extra_whitespaces=False, add_dummy_prefix=False, allow_whitespace_only_pieces=True, minloglevel=2)
+    added = INTERNLM2_CHAT_TOKENS + (INTERNVL_SPECIAL_TOKENS if internvl_tokens else [])
+    tokenizer = InternLM2Tokenizer(sp_model_proto=proto.getvalue(), additional_special_tokens=added)
+    tokenizer.model_max_length = 8192
+    return tokenizer

@@ -13,6 +13,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 
+from ...internlm2_tokenizer import InternLM2Tokenizer
 from ..modeling.internvl_chat import IMAGENET_MEAN, IMAGENET_STD, InternVLChatModel
 from ..modeling.llm import build_llm_config, llm_family
 from .key_maps import StateDict, network_to_hf, network_to_official
@@ -220,5 +221,7 @@ def save_hf(network: InternVLChatModel, base_config: Dict[str, Any], tokenizer: 
     with atomic_output_dir(save_dir, overwrite, protected=[base_dir]) as tmp:
         write_safetensors(weights, tmp, max_shard_bytes)
         write_json(os.path.join(tmp, 'config.json'), config)
-        tokenizer.save_pretrained(tmp)
+        # No remote class is read here: InternLM2's SentencePiece tokenizer goes as the equal tokenizer.json.
+        native = tokenizer.to_fast() if isinstance(tokenizer, InternLM2Tokenizer) else tokenizer
+        native.save_pretrained(tmp)
         write_hf_processor(tmp, base_config, network)
