@@ -143,12 +143,13 @@ class InternLM2Tokenizer(PreTrainedTokenizer):
         return fast
 
     def save_pretrained(self, save_directory: str, *args: Any, **kwargs: Any) -> Tuple[str, ...]:
-        """transformers' files, with tokenizer_config.json naming the official classes again."""
+        """transformers' files, with tokenizer_config.json naming the official classes and the BOS / EOS settings
+        again (transformers 5 leaves the latter out)."""
         saved = super().save_pretrained(save_directory, *args, **kwargs)
         path = os.path.join(save_directory, 'tokenizer_config.json')
         with open(path, encoding='utf-8') as f:
             config = json.load(f)
-        config.update(self.official_identity)
+        config.update(self.official_identity, add_bos_token=self.add_bos_token, add_eos_token=self.add_eos_token)
         with open(path, 'w', encoding='utf-8') as f:
             json.dump(config, f, indent=2, ensure_ascii=False)
         return saved

@@ -10,9 +10,11 @@ set -euo pipefail
 world=${1:?usage: make_env.sh WORLD VENV_DIR}
 venv=${2:?usage: make_env.sh WORLD VENV_DIR}
 cd "$(dirname "$0")/.."
-lock=$PWD/${INTERNVL_LOCKS:-locks}/$world.txt
+locks=${INTERNVL_LOCKS:-locks}
+case $locks in /*) ;; *) locks=$PWD/$locks ;; esac
+lock=$locks/$world.txt
 if [ ! -f "$lock" ]; then
-  echo "make_env.sh: no lock file $lock for world '$world' (worlds: $(ls locks | sed 's/\.txt$//' | tr '\n' ' '))" >&2
+  echo "make_env.sh: no lock file $lock for world '$world' (worlds: $(ls "$locks" | sed 's/\.txt$//' | xargs))" >&2
   exit 2
 fi
 marker=$venv/internvl-world
@@ -31,12 +33,14 @@ if [ -e "$venv" ]; then
   rm -rf "$venv"
 fi
 
-# The lock is the only constraint: it replaces a constraint file the machine's pip configuration may name.
-export PIP_CONSTRAINT=$lock PIP_DISABLE_PIP_VERSION_CHECK=1
-pip_install() {  # pip_install ARGS...: quiet; on failure the package the registry lacks, in one line, or pip's log
-  local log
+# The lock is the only constraint: it replaces a constraint file the machine's pip configuration may name (the lock
+# itself for the plugin's build, so its build dependencies are the locked setuptools).
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+pip_install() {  # pip_install CONSTRAINTS ARGS...: quiet; on failure the package the registry lacks, or pip's log
+  local log constraints=$1
+  shift
   log=$(mktemp)
-  if "$venv/bin/python" -m pip install --no-deps "$@" >"$log" 2>&1; then
+  if PIP_CONSTRAINT=$constraints "$venv/bin/python" -m pip install --no-deps "$@" >"$log" 2>&1; then
     rm -f "$log"
     return 0
   fi
@@ -55,9 +59,9 @@ say "creating $venv"
 python3 -m venv "$venv"
 touch "$venv/internvl-world.building"
 say "installing the $(grep -c '^[^#].*==' "$lock") packages of $lock (a few GB the first time, about 2-5 minutes)"
-pip_install -r "$lock"
+pip_install /dev/null -r "$lock"
 say "installing internvl_plugin (editable)"
-pip_install -e .
+pip_install "$lock" -e .
 "$venv/bin/python" scripts/check_env.py "$lock"
 rm -f "$venv/internvl-world.building"
 echo "$world" > "$marker"

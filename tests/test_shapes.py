@@ -26,7 +26,7 @@ def test_shape_checkpoint_is_an_official_config_with_a_tokenizer_and_no_weights(
     assert config['vision_config']['hidden_size'] == 3200 and config['vision_config']['qk_normalization']
     assert config['llm_config']['num_hidden_layers'] == 48 and config['template'] == 'internvl2_5'
     assert not any(p.name.endswith(('.safetensors', '.bin')) for p in (tmp_path / '26b').iterdir())
-    assert (tmp_path / '26b' / 'tokenizer.json').is_file()
+    assert (tmp_path / '26b' / 'tokenizer.model').is_file()  # InternLM2's SentencePiece model, as released
     with pytest.raises(FileNotFoundError, match='has no weights'):
         InternVL_V1_5(str(tmp_path / '26b'))
 
