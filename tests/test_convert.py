@@ -1,5 +1,8 @@
 import json
 import os
+import re
+import shutil
+import socket
 import subprocess
 import sys
 
@@ -80,7 +83,6 @@ def test_round_trip_logits_match_the_merged_model(tiny_checkpoint, tmp_path, fam
 
 def test_bf16_sharded_output_with_remote_code(tiny_checkpoint, tmp_path):
     base = str(tmp_path / 'base')
-    import shutil
     shutil.copytree(tiny_checkpoint('internlm2'), base)
     remote_code = ['configuration_internvl_chat.py', 'modeling_internvl_chat.py', 'conversation.py']
     for name in remote_code:
@@ -182,6 +184,63 @@ def test_refuses_the_base_folder_and_non_empty_folders(tiny_checkpoint, tmp_path
     assert (occupied / 'keep.txt').read_text() == 'precious'
     convert_checkpoint(config, ckpt, str(occupied), overwrite=True)
     assert not (occupied / 'keep.txt').exists() and (occupied / 'config.json').exists()
+
+
+def test_refuses_outputs_that_contain_or_lie_inside_what_it_reads(tiny_checkpoint, tmp_path):
+    base = str(tmp_path / 'models' / 'base')
+    shutil.copytree(tiny_checkpoint('qwen2'), base)
+    work = tmp_path / 'work'
+    work.mkdir()
+    model = InternVL_V1_5(base, torch_dtype='float32', freeze_llm=True, freeze_visual_encoder=True)
+    _, ckpt = train_and_save(model, str(work), steps=1)
+    config = write_config(str(work), base, freeze_llm=True, freeze_visual_encoder=True)
+    before = sorted(str(p) for p in tmp_path.rglob('*'))
+    for out, expected in [(str(work), 'contains the checkpoint'), (str(tmp_path / 'models'), 'contains the base model'),
+                          (os.path.join(base, 'converted'), 'is inside the base model folder'),
+                          (str(tmp_path), 'contains the base model folder')]:
+        with pytest.raises(ValueError, match=f'refusing to write into {re.escape(out)}: it {expected}'):
+            convert_checkpoint(config, ckpt, out, overwrite=True)
+    assert sorted(str(p) for p in tmp_path.rglob('*')) == before
+
+
+def test_a_folder_filled_by_another_writer_meanwhile_is_never_replaced(tiny_checkpoint, tmp_path, monkeypatch):
+    base = tiny_checkpoint('qwen2')
+    model = InternVL_V1_5(base, torch_dtype='float32', freeze_llm=True, freeze_visual_encoder=True)
+    _, ckpt = train_and_save(model, str(tmp_path), steps=1)
+    config = write_config(str(tmp_path), base, freeze_llm=True, freeze_visual_encoder=True)
+    out = tmp_path / 'out'
+
+    def other_writer_finishes_first(base_dir, folder):
+        out.mkdir()
+        (out / 'config.json').write_text('{"first": true}')
+        return []
+
+    monkeypatch.setattr(export, 'copy_remote_code', other_writer_finishes_first)
+    with pytest.raises(FileExistsError, match='was filled by another process while this conversion ran'):
+        convert_checkpoint(config, ckpt, str(out))
+    assert (out / 'config.json').read_text() == '{"first": true}' and os.listdir(out) == ['config.json']
+    assert not [name for name in os.listdir(tmp_path) if name.startswith('.')]
+
+
+def test_temporaries_of_a_killed_conversion_are_removed_and_nothing_else(tiny_checkpoint, tmp_path):
+    base = tiny_checkpoint('qwen2')
+    model = InternVL_V1_5(base, torch_dtype='float32', freeze_llm=True, freeze_visual_encoder=True)
+    _, ckpt = train_and_save(model, str(tmp_path), steps=1)
+    config = write_config(str(tmp_path), base, freeze_llm=True, freeze_visual_encoder=True)
+    finished = subprocess.Popen(['true'])
+    finished.wait()
+    host = socket.gethostname()
+    owners = {'.out.tmp-killed': f'{host} {finished.pid}', '.out.tmp-running': f'{host} {os.getpid()}',
+              '.out.tmp-elsewhere': f'another-host {finished.pid}', '.out.tmp-not-ours': None}
+    for name, owner in owners.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / 'model.safetensors').write_bytes(b'0' * 1000)
+        if owner:
+            (tmp_path / name / '.internvl-owner').write_text(owner + '\n')
+    convert_checkpoint(config, ckpt, str(tmp_path / 'out'))
+    left = sorted(name for name in os.listdir(tmp_path) if name.startswith('.'))
+    assert left == ['.out.tmp-elsewhere', '.out.tmp-not-ours', '.out.tmp-running']
+    assert '.internvl-owner' not in os.listdir(tmp_path / 'out')
 
 
 def test_a_crash_while_writing_leaves_nothing_behind(tiny_checkpoint, tmp_path, monkeypatch):

@@ -48,11 +48,13 @@ def convert_checkpoint(config_path: str, checkpoint: str, save_dir: str, fmt: st
     apply_trained_state(model, trained, f'{checkpoint} (loaded for {config_path})')
     network = model.merged_network()
     summary: Dict[str, Optional[Any]] = {'trained_tensors': len(trained), 'remote_code': []}
+    protected = {'the checkpoint': checkpoint, 'the config': config_path}
     if fmt == 'official':
         summary['remote_code'] = save_official(network, model.config, model.tokenizer, save_dir, dtype=dtype,
                                                base_dir=model.model_path, config_overrides=training_settings(cfg),
-                                               overwrite=overwrite, max_shard_bytes=max_shard_bytes)
+                                               overwrite=overwrite, max_shard_bytes=max_shard_bytes,
+                                               protected=protected)
     else:
         save_hf(network, model.config, model.tokenizer, save_dir, dtype=dtype, base_dir=model.model_path,
-                overwrite=overwrite, max_shard_bytes=max_shard_bytes)
+                overwrite=overwrite, max_shard_bytes=max_shard_bytes, protected=protected)
     return summary

@@ -5,9 +5,12 @@ argument never leaves a half-written checkpoint, and an existing folder is only 
 """
 import contextlib
 import copy
+import errno
 import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -25,33 +28,100 @@ _COPIED_SUFFIXES = ('.py',)
 _COPIED_FILES = ('generation_config.json', 'preprocessor_config.json')
 
 
+# Written into each temporary output folder: whose it is, so a later run can tell one left by a killed process.
+_OWNER_FILE = '.internvl-owner'
+_log = logging.getLogger(__name__)
+
+
+def _refuse_overlap(save_dir: str, protected: Dict[str, Optional[str]]) -> None:
+    """OUT must not be, contain or lie inside anything the conversion reads: --overwrite would delete it."""
+    target = os.path.realpath(save_dir)
+    for label, path in protected.items():
+        if not path or not os.path.exists(path):
+            continue
+        kept = os.path.realpath(path)
+        relation = ('is' if kept == target else 'contains' if kept.startswith(target + os.sep)
+                    else 'is inside' if target.startswith(kept + os.sep) else None)
+        if relation:
+            raise ValueError(f'refusing to write into {save_dir}: it {relation} {label} {path}; '
+                             'choose an output folder apart from it')
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _remove_stale_temporaries(parent: str, name: str) -> None:
+    """Temporary folders of this output left by a killed run on this machine (its owner process is gone)."""
+    host = socket.gethostname()
+    for entry in sorted(os.listdir(parent)):
+        path = os.path.join(parent, entry)
+        owner = os.path.join(path, _OWNER_FILE)
+        if not (entry.startswith((f'.{name}.tmp-', f'.{name}.old-')) and os.path.isfile(owner)):
+            continue
+        with open(owner, encoding='utf-8') as f:
+            owner_host, _, pid = f.read().strip().partition(' ')
+        if owner_host == host and pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            _log.warning('removed %s, left by an interrupted conversion (process %s)', path, pid)
+
+
+def _make_temporary(parent: str, prefix: str) -> str:
+    folder = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    with open(os.path.join(folder, _OWNER_FILE), 'w', encoding='utf-8') as f:
+        f.write(f'{socket.gethostname()} {os.getpid()}\n')
+    return folder
+
+
 @contextlib.contextmanager
-def atomic_output_dir(save_dir: str, overwrite: bool = False, protected: Optional[List[str]] = None) -> Iterator[str]:
-    """Yields a temporary folder that replaces `save_dir` only when the block finishes without error."""
+def atomic_output_dir(save_dir: str, overwrite: bool = False,
+                      protected: Optional[Dict[str, Optional[str]]] = None) -> Iterator[str]:
+    """Yields a temporary folder that replaces `save_dir` only when the block finishes without error.
+
+    `protected` ({what: path}) names what the writer reads; OUT may not be, contain or lie inside any of it. Without
+    `overwrite` a non-empty `save_dir` is never replaced, also when another process fills it meanwhile."""
     target = os.path.abspath(save_dir)
-    for path in protected or []:
-        if path and os.path.exists(target) and os.path.exists(path) and os.path.samefile(path, target):
-            raise ValueError(f'refusing to write into {save_dir}: it is the base model folder {path}')
+    _refuse_overlap(save_dir, protected or {})
     if os.path.isfile(target):
         raise FileExistsError(f'{save_dir} is a file; expected a folder to write the checkpoint into')
     if os.path.isdir(target) and os.listdir(target) and not overwrite:
         raise FileExistsError(f'{save_dir} exists and is not empty; pass --overwrite to replace it')
-    parent = os.path.dirname(target)
+    parent, name = os.path.dirname(target), os.path.basename(target)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(target)}.tmp-', dir=parent)
+    _remove_stale_temporaries(parent, name)
+    tmp = _make_temporary(parent, f'.{name}.tmp-')
     try:
         yield tmp
+        os.remove(os.path.join(tmp, _OWNER_FILE))
+        _make_readable(tmp)
+        if overwrite and os.path.exists(target):
+            old = _make_temporary(parent, f'.{name}.old-')
+            os.rename(target, os.path.join(old, 'replaced'))
+            os.rename(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            _rename_into(tmp, target, save_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _make_readable(tmp)
-    old = None
-    if os.path.exists(target):
-        old = tempfile.mkdtemp(prefix=f'.{os.path.basename(target)}.old-', dir=parent)
-        os.rename(target, os.path.join(old, 'replaced'))
-    os.rename(tmp, target)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+
+
+def _rename_into(tmp: str, target: str, save_dir: str) -> None:
+    """rename(2) replaces an empty folder and fails on a non-empty one: atomic, so a writer that filled
+    `save_dir` since the start keeps its files and this one fails."""
+    try:
+        os.rename(tmp, target)
+    except OSError as error:
+        if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise FileExistsError(f'{save_dir} was filled by another process while this conversion ran; nothing '
+                                  'was replaced (pass --overwrite to replace it)') from None
+        raise
 
 
 def _make_readable(folder: str) -> None:
@@ -128,7 +198,8 @@ def official_config(base_config: Dict[str, Any], network: InternVLChatModel, dty
 def save_official(network: InternVLChatModel, base_config: Dict[str, Any], tokenizer: Any, save_dir: str,
                   dtype: torch.dtype = torch.bfloat16, base_dir: Optional[str] = None,
                   config_overrides: Optional[Dict[str, Any]] = None, overwrite: bool = False,
-                  max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> List[str]:
+                  max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+                  protected: Optional[Dict[str, str]] = None) -> List[str]:
     """The official layout: safetensors (+ index), config.json, tokenizer, and the base folder's remote code.
 
     Returns the names of the copied remote-code files (empty when the base folder has none)."""
@@ -136,11 +207,12 @@ def save_official(network: InternVLChatModel, base_config: Dict[str, Any], token
     family = llm_family(config['llm_config'])
     weights = {k: v.to(dtype) for k, v in network.state_dict().items()}
     weights = network_to_official(weights, family, *language_shape(config['llm_config']))
-    with atomic_output_dir(save_dir, overwrite, protected=[base_dir]) as tmp:
+    with atomic_output_dir(save_dir, overwrite, {'the base model folder': base_dir, **(protected or {})}) as tmp:
         write_safetensors(weights, tmp, max_shard_bytes)
         write_json(os.path.join(tmp, 'config.json'), config)
         tokenizer.save_pretrained(tmp)
-        return copy_remote_code(base_dir, tmp)
+        copied = copy_remote_code(base_dir, tmp)
+    return copied
 
 
 def hf_config(base_config: Dict[str, Any], network: InternVLChatModel, dtype: torch.dtype) -> Dict[str, Any]:
@@ -213,12 +285,12 @@ def write_hf_processor(folder: str, base_config: Dict[str, Any], network: Intern
 
 def save_hf(network: InternVLChatModel, base_config: Dict[str, Any], tokenizer: Any, save_dir: str,
             dtype: torch.dtype = torch.bfloat16, base_dir: Optional[str] = None, overwrite: bool = False,
-            max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+            max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, protected: Optional[Dict[str, str]] = None) -> None:
     """transformers' native InternVL layout with its processor files: AutoModelForImageTextToText and AutoProcessor
     load it (transformers >= 4.52)."""
     config = hf_config(base_config, network, dtype)
     weights = network_to_hf({k: v.to(dtype) for k, v in network.state_dict().items()})
-    with atomic_output_dir(save_dir, overwrite, protected=[base_dir]) as tmp:
+    with atomic_output_dir(save_dir, overwrite, {'the base model folder': base_dir, **(protected or {})}) as tmp:
         write_safetensors(weights, tmp, max_shard_bytes)
         write_json(os.path.join(tmp, 'config.json'), config)
         # No remote class is read here: InternLM2's SentencePiece tokenizer goes as the equal tokenizer.json.
