@@ -19,14 +19,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LORA = "dict(r=8, lora_alpha=16, lora_dropout=0.0)"
 
 
-def write_config(folder, model_path, **model_args):
+def write_config(folder, model_path, template='internvl2_5', **model_args):
     args = ''.join(f', {k}={v}' for k, v in model_args.items())
     path = os.path.join(folder, 'config.py')
     with open(path, 'w') as f:
         f.write('from internvl_plugin import InternVL_V1_5\n\n'
                 f"model = dict(type=InternVL_V1_5, model_path={model_path!r}, torch_dtype='float32',\n"
                 f'             use_activation_checkpointing=False{args})\n'
-                "train_dataloader = dict(dataset=dict(template='internvl2_5', max_dynamic_patch=6))\n")
+                f"train_dataloader = dict(dataset=dict(template={template!r}, max_dynamic_patch=6))\n")
     return path
 
 
@@ -133,6 +133,8 @@ def test_hf_format_loads_with_the_native_class_and_gives_the_same_logits(tiny_ch
     assert AutoTokenizer.from_pretrained(out)(text)['input_ids'] == model.tokenizer(text)['input_ids']
     processor = AutoProcessor.from_pretrained(out)
     assert type(processor).__name__ == 'InternVLProcessor' and processor.image_token == '<IMG_CONTEXT>'
+    # The processor tiles as training did (the config's max_dynamic_patch 6), not as the base's config.json (12).
+    assert json.load(open(os.path.join(out, 'preprocessor_config.json')))['max_patches'] == 6
     inputs = processor(text=['<IMG_CONTEXT>\nWhat colour?'], images=[Image.new('RGB', (900, 450), (200, 10, 10))],
                        return_tensors='pt')
     assert inputs['pixel_values'].shape == (3, 3, 448, 448)  # a 2x1 grid for a 2:1 image, plus the thumbnail
@@ -184,6 +186,17 @@ def test_refuses_the_base_folder_and_non_empty_folders(tiny_checkpoint, tmp_path
     assert (occupied / 'keep.txt').read_text() == 'precious'
     convert_checkpoint(config, ckpt, str(occupied), overwrite=True)
     assert not (occupied / 'keep.txt').exists() and (occupied / 'config.json').exists()
+
+
+@pytest.mark.parametrize('alias,official', [('internlm2_chat', 'internlm2-chat'), ('hermes2', 'Hermes-2'),
+                                            ('phi3_chat', 'phi3-chat'), ('internvl2.5', 'internvl2_5')])
+def test_config_json_gets_the_official_template_name(tiny_checkpoint, tmp_path, alias, official):
+    base = tiny_checkpoint('qwen2')
+    model = InternVL_V1_5(base, torch_dtype='float32', freeze_llm=True, freeze_visual_encoder=True)
+    _, ckpt = train_and_save(model, str(tmp_path), steps=1)
+    config = write_config(str(tmp_path), base, template=alias, freeze_llm=True, freeze_visual_encoder=True)
+    convert_checkpoint(config, ckpt, str(tmp_path / 'out'))
+    assert json.load(open(tmp_path / 'out' / 'config.json'))['template'] == official
 
 
 def test_refuses_outputs_that_contain_or_lie_inside_what_it_reads(tiny_checkpoint, tmp_path):

@@ -8,6 +8,8 @@ masks whole samples when a tokenizer behaves unexpectedly.
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..template_names import ALIASES, official_template_name
+
 IGNORE_INDEX = -100
 IMG_START, IMG_END, IMG_CONTEXT = '<img>', '</img>', '<IMG_CONTEXT>'
 IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER = '<image>', '<video>'
@@ -42,19 +44,15 @@ TEMPLATES: Dict[str, ChatTemplate] = {t.name: t for t in (
                  '<|im_start|>assistant\n', '<|im_end|>', sep='\n', per_turn=True),
 )}
 # XTuner-style spellings of the same templates.
-_ALIASES = {'internlm2_chat': 'internlm2-chat', 'hermes2': 'Hermes-2', 'hermes-2': 'Hermes-2',
-            'phi3_chat': 'phi3-chat', 'internvl2.5': 'internvl2_5'}
-
-
 def get_template(name: str) -> ChatTemplate:
     """By official name (as in a checkpoint's config.json) or XTuner-style alias."""
     if isinstance(name, dict):
         raise ValueError('template is an XTuner PROMPT_TEMPLATE dict, which renders prompts differently from the '
                          "ones InternVL was trained with; pass a name such as 'internlm2-chat' or 'internvl2_5', or "
                          "leave it out to use the checkpoint's")
-    key = _ALIASES.get(name, _ALIASES.get(name.lower(), name))
+    key = official_template_name(name)
     if key not in TEMPLATES:
-        choices = sorted(set(TEMPLATES) | set(_ALIASES))
+        choices = sorted(set(TEMPLATES) | set(ALIASES))
         raise ValueError(f"unknown template '{name}'; expected one of {choices}")
     return TEMPLATES[key]
 

@@ -4,6 +4,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from ...files import plain_config, train_dataset_config
+from ...template_names import official_template_name
 from .export import DEFAULT_MAX_SHARD_BYTES, save_hf, save_official
 from .trained import apply_trained_state, load_trained_state
 
@@ -15,9 +16,13 @@ _DATASET_TO_CONFIG = {'template': 'template', 'min_dynamic_patch': 'min_dynamic_
 
 
 def training_settings(cfg: Any) -> Dict[str, Any]:
-    """Template and tiling settings of the training dataset, in config.json names."""
+    """Template and tiling settings of the training dataset, in config.json names (the template by its official
+    name: the official code refuses XTuner's spellings)."""
     dataset = train_dataset_config(cfg)
-    return {dst: dataset[src] for src, dst in _DATASET_TO_CONFIG.items() if dataset.get(src) is not None}
+    settings = {dst: dataset[src] for src, dst in _DATASET_TO_CONFIG.items() if dataset.get(src) is not None}
+    if 'template' in settings:
+        settings['template'] = official_template_name(settings['template'])
+    return settings
 
 
 def build_model_for_export(cfg: Any, dtype: torch.dtype):
@@ -56,5 +61,6 @@ def convert_checkpoint(config_path: str, checkpoint: str, save_dir: str, fmt: st
                                                protected=protected)
     else:
         save_hf(network, model.config, model.tokenizer, save_dir, dtype=dtype, base_dir=model.model_path,
-                overwrite=overwrite, max_shard_bytes=max_shard_bytes, protected=protected)
+                config_overrides=training_settings(cfg), overwrite=overwrite, max_shard_bytes=max_shard_bytes,
+                protected=protected)
     return summary

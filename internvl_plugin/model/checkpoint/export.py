@@ -284,10 +284,11 @@ def write_hf_processor(folder: str, base_config: Dict[str, Any], network: Intern
 
 
 def save_hf(network: InternVLChatModel, base_config: Dict[str, Any], tokenizer: Any, save_dir: str,
-            dtype: torch.dtype = torch.bfloat16, base_dir: Optional[str] = None, overwrite: bool = False,
+            dtype: torch.dtype = torch.bfloat16, base_dir: Optional[str] = None,
+            config_overrides: Optional[Dict[str, Any]] = None, overwrite: bool = False,
             max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, protected: Optional[Dict[str, str]] = None) -> None:
     """transformers' native InternVL layout with its processor files: AutoModelForImageTextToText and AutoProcessor
-    load it (transformers >= 4.52)."""
+    load it (transformers >= 4.52). `config_overrides` (the training tiling) decide how the processor tiles."""
     config = hf_config(base_config, network, dtype)
     weights = network_to_hf({k: v.to(dtype) for k, v in network.state_dict().items()})
     with atomic_output_dir(save_dir, overwrite, {'the base model folder': base_dir, **(protected or {})}) as tmp:
@@ -296,4 +297,4 @@ def save_hf(network: InternVLChatModel, base_config: Dict[str, Any], tokenizer: 
         # No remote class is read here: InternLM2's SentencePiece tokenizer goes as the equal tokenizer.json.
         native = tokenizer.to_fast() if isinstance(tokenizer, InternLM2Tokenizer) else tokenizer
         native.save_pretrained(tmp)
-        write_hf_processor(tmp, base_config, network)
+        write_hf_processor(tmp, {**base_config, **(config_overrides or {})}, network)
