@@ -14,6 +14,7 @@ from helpers import image_batch
 from internvl_plugin import InternVL_V1_5
 from internvl_plugin.model.checkpoint import export
 from internvl_plugin.model.checkpoint.convert import convert_checkpoint
+from internvl_plugin.model.checkpoint.trained import load_trained_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LORA = "dict(r=8, lora_alpha=16, lora_dropout=0.0)"
@@ -157,6 +158,28 @@ def test_deepspeed_checkpoint_folder_is_accepted(tiny_checkpoint, tmp_path):
     assert convert_checkpoint(config, str(folder), out, dtype=torch.float32)['trained_tensors'] == 6  # mlp1: LayerNorm + 2 Linear
     reloaded = InternVL_V1_5(out, torch_dtype='float32')
     assert torch.equal(reloaded.model.mlp1[1].weight, model.model.mlp1[1].weight)
+
+
+def save_deepspeed_states(folder, tag: str, value: float) -> None:
+    (folder / tag).mkdir(parents=True)
+    torch.save({'module': {'mlp1.1.weight': torch.full((2,), value)}}, folder / tag / 'mp_rank_00_model_states.pt')
+
+
+def test_a_folder_of_several_deepspeed_checkpoints_converts_the_latest_or_refuses(tmp_path):
+    work = tmp_path / 'work'
+    save_deepspeed_states(work / 'iter_1500.pth', 'global_step1500', 1500.0)
+    save_deepspeed_states(work / 'iter_2000.pth', 'global_step2000', 2000.0)
+    with pytest.raises(ValueError, match=r'holds 2 DeepSpeed checkpoints \(iter_1500\.pth/global_step1500, '
+                                         r'iter_2000\.pth/global_step2000\) and no latest / last_checkpoint'):
+        load_trained_state(str(work))
+    (work / 'last_checkpoint').write_text(str(work / 'iter_2000.pth'))  # what mmengine writes into the work dir
+    assert load_trained_state(str(work))['mlp1.1.weight'][0].item() == 2000.0
+    # One checkpoint folder with two tags: DeepSpeed's `latest` names the one to use.
+    tags = tmp_path / 'iter_9.pth'
+    save_deepspeed_states(tags, 'global_step8', 8.0)
+    save_deepspeed_states(tags, 'global_step9', 9.0)
+    (tags / 'latest').write_text('global_step9')
+    assert load_trained_state(str(tags))['mlp1.1.weight'][0].item() == 9.0
 
 
 def test_checkpoint_from_another_config_is_refused(tiny_checkpoint, tmp_path):

@@ -1,7 +1,7 @@
 """Trained state saved during training (mmengine `iter_xxx.pth` files or DeepSpeed checkpoint folders)."""
 import glob
 import os
-from typing import Dict
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
@@ -19,21 +19,57 @@ def _strip_wrapper_prefix(state_dict: StateDict) -> StateDict:
     return state_dict
 
 
+def _state_folders(path: str) -> List[str]:
+    """The folders below `path` that hold one DeepSpeed checkpoint's model states (a tag such as global_step500)."""
+    found = glob.glob(os.path.join(path, '**', _DEEPSPEED_MODEL_STATES), recursive=True)
+    found += glob.glob(os.path.join(path, '**', _ZERO3_MODEL_STATES), recursive=True)
+    return sorted({os.path.dirname(p) for p in found})
+
+
+def _pointed_folder(path: str, folders: List[str]) -> Optional[str]:
+    """The checkpoint that DeepSpeed's `latest` (a tag) or mmengine's `last_checkpoint` (a path) names."""
+    for pointer in ('latest', 'last_checkpoint'):
+        pointer_file = os.path.join(path, pointer)
+        if not os.path.isfile(pointer_file):
+            continue
+        with open(pointer_file, encoding='utf-8') as f:
+            named = os.path.realpath(os.path.join(path, f.read().strip()))
+        chosen = [d for d in folders if os.path.realpath(d) == named
+                  or os.path.realpath(d).startswith(named + os.sep)]
+        if len(chosen) == 1:
+            return chosen[0]
+        if chosen:  # a checkpoint folder with several tags: its own `latest` decides
+            return _chosen_folder(named, chosen)
+    return None
+
+
+def _chosen_folder(path: str, folders: List[str]) -> str:
+    if len(folders) == 1:
+        return folders[0]
+    chosen = _pointed_folder(path, folders)
+    if chosen is None:
+        listed = ', '.join(os.path.relpath(d, path) for d in folders)
+        raise ValueError(f'{path} holds {len(folders)} DeepSpeed checkpoints ({listed}) and no latest / '
+                         'last_checkpoint file naming one; pass the one to convert')
+    return chosen
+
+
 def _load_deepspeed_folder(path: str) -> StateDict:
     """ZeRO-1/2 keep the module in mp_rank_00_model_states.pt; ZeRO-3 partitions it across
-    zero_pp_rank_*_mp_rank_00_model_states.pt, which DeepSpeed's zero_to_fp32 reassembles."""
-    whole = sorted(glob.glob(os.path.join(path, '**', _DEEPSPEED_MODEL_STATES), recursive=True))
-    if whole:
-        return dict(torch.load(whole[0], map_location='cpu', weights_only=False)['module'])
-    partitioned = sorted(glob.glob(os.path.join(path, '**', _ZERO3_MODEL_STATES), recursive=True))
-    if partitioned:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-        tag_dir = os.path.dirname(partitioned[0])
-        return dict(get_fp32_state_dict_from_zero_checkpoint(os.path.dirname(tag_dir), tag=os.path.basename(tag_dir),
-                                                             exclude_frozen_parameters=True))
-    raise FileNotFoundError(f'{path} is a folder without DeepSpeed model states ({_DEEPSPEED_MODEL_STATES} or '
-                            f'{_ZERO3_MODEL_STATES}); expected an mmengine iter_xxx.pth file or a DeepSpeed '
-                            'checkpoint folder')
+    zero_pp_rank_*_mp_rank_00_model_states.pt, which DeepSpeed's zero_to_fp32 reassembles. A folder with several
+    checkpoints (a work dir, or one with several tags) converts the one `latest` / `last_checkpoint` names."""
+    folders = _state_folders(path)
+    if not folders:
+        raise FileNotFoundError(f'{path} is a folder without DeepSpeed model states ({_DEEPSPEED_MODEL_STATES} or '
+                                f'{_ZERO3_MODEL_STATES}); expected an mmengine iter_xxx.pth file or a DeepSpeed '
+                                'checkpoint folder')
+    tag_dir = _chosen_folder(path, folders)
+    whole = os.path.join(tag_dir, _DEEPSPEED_MODEL_STATES)
+    if os.path.isfile(whole):
+        return dict(torch.load(whole, map_location='cpu', weights_only=False)['module'])
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    return dict(get_fp32_state_dict_from_zero_checkpoint(os.path.dirname(tag_dir), tag=os.path.basename(tag_dir),
+                                                         exclude_frozen_parameters=True))
 
 
 def load_trained_state(path: str) -> StateDict:
