@@ -282,3 +282,22 @@ def test_select_layer_indexes_hidden_states_like_the_official_model(tiny_checkpo
         assert torch.equal(vision(tiles, select_layer=-1), after_last)
     with pytest.raises(ValueError, match='select_layer -4 is out of range for a 2-layer vision model'):
         vision(tiles, select_layer=-4)
+
+
+def test_an_llm_config_asking_for_tied_embeddings_keeps_the_checkpoints_lm_head(tiny_checkpoint, tmp_path):
+    """The official code unties the output layer whatever llm_config says; the checkpoint's lm_head is trained."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file
+    folder = tmp_path / 'tied'
+    shutil.copytree(tiny_checkpoint('qwen2'), folder)
+    config = json.loads((folder / 'config.json').read_text())
+    config['llm_config']['tie_word_embeddings'] = True
+    (folder / 'config.json').write_text(json.dumps(config))
+    saved = load_file(str(folder / 'model.safetensors'))
+    model = InternVL_V1_5(str(folder), torch_dtype='float32')
+    llm = model.model.language_model
+    assert torch.equal(llm.get_output_embeddings().weight, saved['language_model.lm_head.weight'])
+    assert not torch.equal(saved['language_model.lm_head.weight'], saved['language_model.model.embed_tokens.weight'])
+    assert llm.get_output_embeddings().weight.data_ptr() != llm.get_input_embeddings().weight.data_ptr()

@@ -114,15 +114,12 @@ def build_language_model(llm_config: Dict[str, Any], weights: Optional[StateDict
             quantize_linears_4bit(model, keep=[model.get_output_embeddings()])
             model.is_loaded_in_4bit = True  # as transformers marks a quantised checkpoint, which peft reads
         return model
-    if getattr(config, 'tie_word_embeddings', False):
-        weights = {k: v for k, v in weights.items() if k != 'lm_head.weight'}
     # The concrete class: the Auto class insists on a path when given no name.
     model_class = getattr(transformers, config.architectures[0])
     model, info = model_class.from_pretrained(
         None, config=config, state_dict=weights, attn_implementation=attn_implementation, **dtype_kwargs(dtype),
         quantization_config=quantization_config, output_loading_info=True)
-    missing = [k for k in info['missing_keys'] if not (k == 'lm_head.weight' and config.tie_word_embeddings)]
-    raise_on_mismatch(source, sorted(missing), sorted(info['unexpected_keys']))
+    raise_on_mismatch(source, sorted(info['missing_keys']), sorted(info['unexpected_keys']))
     return model
 
 

@@ -50,6 +50,9 @@ def build_llm_config(llm_config: Dict[str, Any], source: str = 'llm_config') -> 
     family = llm_family(llm_config, source)
     fields = {k: v for k, v in llm_config.items() if k not in ('architectures', 'auto_map', '_name_or_path')}
     fields['rope_scaling'] = _rope_scaling(fields.get('rope_scaling'))
+    # InternVL keeps the output layer apart from the embeddings (its checkpoints carry both), whatever the LLM's own
+    # config says: tying would drop the checkpoint's trained lm_head.
+    fields['tie_word_embeddings'] = False
     if family == 'internlm2':
         llama_fields = {k: v for k, v in fields.items() if k not in _INTERNLM2_ONLY_FIELDS}
         for old, new in _INTERNLM2_TO_LLAMA_FIELDS.items():
