@@ -301,3 +301,19 @@ def test_an_llm_config_asking_for_tied_embeddings_keeps_the_checkpoints_lm_head(
     assert torch.equal(llm.get_output_embeddings().weight, saved['language_model.lm_head.weight'])
     assert not torch.equal(saved['language_model.lm_head.weight'], saved['language_model.model.embed_tokens.weight'])
     assert llm.get_output_embeddings().weight.data_ptr() != llm.get_input_embeddings().weight.data_ptr()
+
+
+def test_phi3_long_context_rope_of_the_released_4b_models_builds(tiny_checkpoint):
+    """InternVL2-4B's llm_config names Phi-3's long rope 'su' with per-frequency factors."""
+    import json
+    import os
+    folder = tiny_checkpoint('phi3')
+    with open(os.path.join(folder, 'config.json')) as f:
+        rope = json.load(f)['llm_config']['rope_scaling']
+    assert rope['type'] == 'su' and set(rope) == {'type', 'short_factor', 'long_factor'}
+    model = InternVL_V1_5(folder, torch_dtype='float32')
+    built = model.model.language_model.config
+    scaling = getattr(built, 'rope_parameters', None) or built.rope_scaling
+    assert scaling.get('rope_type', scaling.get('type')) == 'longrope'
+    assert list(scaling['long_factor']) == rope['long_factor']
+    assert model(image_batch(model))['loss'].isfinite()

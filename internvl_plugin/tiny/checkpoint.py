@@ -56,10 +56,15 @@ def tiny_llm_config(family: str, tokenizer: Any, hidden_size: int = 64, layers: 
                 **common, 'rms_norm_eps': 1e-5, 'rope_theta': 1000000, 'bias': False,
                 'rope_scaling': {'type': 'dynamic', 'factor': 2.0}, 'attn_implementation': 'eager'}
     if family == 'phi3':
+        # Phi-3-mini-128k's long-context rope as InternVL2-4B / Mini-InternVL-4B-V1-5 ship it (type 'su', a
+        # factor per rotary frequency: head_dim / 2 of them).
+        frequencies = hidden_size // common['num_attention_heads'] // 2
         return {'architectures': ['Phi3ForCausalLM'], 'model_type': 'phi3', **common, 'num_key_value_heads': 4,
-                'rms_norm_eps': 1e-5, 'rope_theta': 10000.0, 'rope_scaling': None, 'sliding_window': 2047,
-                'original_max_position_embeddings': 8192, 'attention_dropout': 0.0, 'resid_pdrop': 0.0,
-                'embd_pdrop': 0.0}
+                'rms_norm_eps': 1e-5, 'rope_theta': 10000.0, 'max_position_embeddings': 131072,
+                'original_max_position_embeddings': 4096, 'sliding_window': 262144,
+                'rope_scaling': {'type': 'su', 'short_factor': [1.0 + 0.01 * i for i in range(frequencies)],
+                                 'long_factor': [1.0 + 4.0 * i for i in range(frequencies)]},
+                'attention_dropout': 0.0, 'resid_pdrop': 0.0, 'embd_pdrop': 0.0}
     if family == 'llama':
         return {'architectures': ['LlamaForCausalLM'], 'model_type': 'llama', **common, 'rms_norm_eps': 1e-5,
                 'rope_theta': 5000000.0, 'attention_bias': False, 'mlp_bias': False}

@@ -35,14 +35,12 @@ def llm_family(llm_config: Dict[str, Any], source: str = 'llm_config') -> str:
 
 
 def _rope_scaling(rope_scaling: Any) -> Any:
+    """Phi-3's original name 'su' becomes transformers' 'longrope', under the key it came in. No key is added:
+    Phi3Config of transformers 4 wants exactly `type`, `short_factor` and `long_factor`."""
     if not isinstance(rope_scaling, dict):
         return rope_scaling
-    scaling = dict(rope_scaling)
-    kind = scaling.get('rope_type', scaling.get('type'))
-    if kind == 'su':  # Phi-3's original name for what transformers calls longrope
-        kind = 'longrope'
-    scaling['type'] = scaling['rope_type'] = kind
-    return scaling
+    return {key: 'longrope' if key in ('type', 'rope_type') and value == 'su' else value
+            for key, value in rope_scaling.items()}
 
 
 def build_llm_config(llm_config: Dict[str, Any], source: str = 'llm_config') -> PretrainedConfig:
