@@ -127,3 +127,54 @@ def test_mismatched_xtuner_lists_are_refused(tiny_checkpoint, folder):
     path = write_jsonl(folder / 'data.jsonl', [qa('Hello', 'Hi')])
     with pytest.raises(DataError, match=r'image_folders has 2 entries for 1 data_paths'):
         build(tiny_checkpoint, path, image_folders=['a', 'b'])
+
+
+@pytest.mark.parametrize('tail', ['\nsome trailing text', '\n[{"conversations": []}]', ' ]'])
+def test_text_after_a_json_list_is_refused_with_its_line(tiny_checkpoint, folder, tail):
+    path = folder / 'data.json'
+    path.write_text(json.dumps([qa(), qa()], indent=1) + tail)
+    lines = path.read_text().count('\n') + 1
+    with pytest.raises(DataError, match=rf"data.json:{lines}: text after the JSON list's closing \]"):
+        build(tiny_checkpoint, path)
+
+
+def test_upper_case_json_is_a_list_and_non_utf8_lines_are_named(tiny_checkpoint, folder):
+    listed = folder / 'DATA.JSON'
+    listed.write_text(json.dumps([qa('Hi', 'Hello'), qa('Hello', 'Hi')], indent=1))
+    assert len(build(tiny_checkpoint, listed)) == 2
+    latin = folder / 'latin.jsonl'
+    latin.write_bytes(json.dumps(qa('Hi', 'Hello')).encode() + b'\n' + '{"x": "caf\xe9"}'.encode('latin-1') + b'\n')
+    with pytest.raises(DataError, match=r'latin.jsonl:2: not UTF-8 text \(byte 0xe9 at column 11\)'):
+        build(tiny_checkpoint, latin)
+
+
+@pytest.mark.parametrize('repeat', [float('nan'), float('inf'), 1e12, -1, True, '2'])
+def test_repeat_factors_must_be_finite_numbers_in_range(tiny_checkpoint, folder, repeat):
+    path = write_jsonl(folder / 'data.jsonl', [qa()])
+    with pytest.raises(DataError, match=r'repeat_times for .*data.jsonl is .*; expected a number from 0 to 1000'):
+        build(tiny_checkpoint, path, repeat_times=[repeat])
+    meta = folder / 'meta.json'
+    meta.write_text(json.dumps({'set': {'annotation': str(path), 'repeat_time': repeat}}))
+    with pytest.raises(DataError, match=r"meta.json: dataset 'set': repeat_time is .*; expected a number from 0"):
+        InternVL_V1_5_Dataset(model_path=tiny_checkpoint(), meta_path=str(meta))
+
+
+@pytest.mark.parametrize('key,value,expected', [
+    ('max_dynamic_patch', 0, 'a whole number >= 1'), ('max_dynamic_patch', -3, 'a whole number >= 1'),
+    ('max_dynamic_patch', '12', 'a whole number >= 1'), ('min_dynamic_patch', 1.5, 'a whole number >= 1'),
+    ('data_augment', 'false', 'true or false'), ('use_thumbnail', 1, 'true or false')])
+def test_tiling_and_augmentation_settings_are_checked(tiny_checkpoint, folder, key, value, expected):
+    path = write_jsonl(folder / 'data.jsonl', [qa()])
+    meta = folder / 'meta.json'
+    meta.write_text(json.dumps({'set': {'annotation': str(path), key: value}}))
+    with pytest.raises(DataError, match=rf"meta.json: dataset 'set': {key} is {value!r}; expected {expected}"):
+        InternVL_V1_5_Dataset(model_path=tiny_checkpoint(), meta_path=str(meta))
+    with pytest.raises(DataError, match=rf'InternVL_V1_5_Dataset: {key} is {value!r}; expected {expected}'):
+        build(tiny_checkpoint, path, **{key: value})
+
+
+def test_augmentation_leaves_text_only_samples_alone(tiny_checkpoint, folder):
+    path = write_jsonl(folder / 'data.jsonl', [qa('Hello', 'Hi'), qa(image='images/ok.png')])
+    ds = build(tiny_checkpoint, path, data_augment=True)
+    text_only, with_image = ds.load(0), ds.load(1)
+    assert text_only['pixel_values'].shape[0] == 0 and with_image['pixel_values'].shape[0] >= 1

@@ -18,7 +18,8 @@ from torch.utils.data import Dataset
 from ..files import build_from_config, load_tokenizer, read_json, resolve_model_path
 from .image import ImageSettings, TileLimits, jpeg_recompress, resize_tile
 from .samples import Sample, SampleError, expand_video, missing_media, parse_sample
-from .sources import DataError, DataSource, LineStore, read_annotation, read_meta, repeat_indices, xtuner_sources
+from .sources import (DataError, DataSource, LineStore, check_setting, read_annotation, read_meta, repeat_indices,
+                      xtuner_sources)
 from .templates import IGNORE_INDEX, IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, Encoded, TemplateEncoder, Turn, get_template
 from .video import open_video, sample_frame_indices
 
@@ -92,6 +93,9 @@ class InternVL_V1_5_Dataset(Dataset):
         overrides = {'image_size': image_size, 'downsample_ratio': downsample_ratio, 'use_thumbnail': use_thumbnail,
                      'dynamic_image_size': dynamic_image_size, 'min_dynamic_patch': min_dynamic_patch,
                      'max_dynamic_patch': max_dynamic_patch}
+        for key in ('use_thumbnail', 'dynamic_image_size', 'min_dynamic_patch', 'max_dynamic_patch'):
+            check_setting('InternVL_V1_5_Dataset', key, overrides[key])
+        check_setting('InternVL_V1_5_Dataset', 'data_augment', data_augment)
         settings = ImageSettings.from_checkpoint(config).__dict__
         settings.update({k: v for k, v in overrides.items() if v is not None}, exact_pixels=exact_pixels)
         self.image = ImageSettings(**settings)
@@ -295,7 +299,7 @@ class InternVL_V1_5_Dataset(Dataset):
             encoded, tiles = self._fit(self.encoder.encode(sample.system, sample.turns, [])), []
         size = self.image.image_size
         pixel_values = torch.cat(tiles) if tiles else torch.zeros(0, 3, size, size, dtype=torch.uint8)
-        if augment:
+        if augment and len(pixel_values):
             pixel_values = torch.stack([jpeg_recompress(tile, rng) for tile in pixel_values]).view_as(pixel_values)
         return {'input_ids': torch.tensor(encoded.input_ids, dtype=torch.long),
                 'labels': torch.tensor(encoded.labels, dtype=torch.long),

@@ -40,6 +40,28 @@ def _resolve(path: str, base_dir: str) -> str:
 
 _META_KEYS = {'root', 'annotation', 'repeat_time', 'data_augment', 'max_dynamic_patch', 'min_dynamic_patch',
               'use_thumbnail', 'length'}
+_WHOLE_SETTINGS = ('max_dynamic_patch', 'min_dynamic_patch')
+_SWITCHES = ('data_augment', 'use_thumbnail', 'dynamic_image_size')
+# More copies than this of one annotation file is a typo (1e12), not a recipe: the index would not fit in memory.
+MAX_REPEAT_TIME = 1000
+
+
+def check_setting(where: str, key: str, value: object) -> None:
+    """Tiling and augmentation settings as the official code reads them: counts are whole numbers >= 1, switches
+    true or false (a string such as "false" would be truthy)."""
+    if value is None:
+        return
+    if key in _WHOLE_SETTINGS and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise DataError(f'{where}: {key} is {value!r}; expected a whole number >= 1')
+    if key in _SWITCHES and not isinstance(value, bool):
+        raise DataError(f'{where}: {key} is {value!r}; expected true or false')
+
+
+def check_repeat(where: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0 <= value <= MAX_REPEAT_TIME:
+        raise DataError(f'{where} is {value!r}; expected a number from 0 to {MAX_REPEAT_TIME}')
+    return float(value)
 
 
 def read_meta(meta_path: str) -> List[DataSource]:
@@ -59,14 +81,14 @@ def read_meta(meta_path: str) -> List[DataSource]:
         unknown = sorted(set(entry) - _META_KEYS)
         if unknown:
             raise DataError(f'{where}: unknown key(s) {unknown}; expected some of {sorted(_META_KEYS)}')
-        repeat = entry.get('repeat_time', 1)
-        if not isinstance(repeat, (int, float)) or repeat < 0:
-            raise DataError(f'{where}: repeat_time is {repeat!r}; expected a number >= 0')
+        repeat = check_repeat(f'{where}: repeat_time', entry.get('repeat_time', 1))
+        for key in _WHOLE_SETTINGS + _SWITCHES:
+            check_setting(where, key, entry.get(key))
         annotation = _resolve(entry['annotation'], base)
         root = _resolve(entry['root'], base) if 'root' in entry else os.path.dirname(os.path.abspath(annotation))
         sources.append(DataSource(
             name=name, annotation=annotation, root=root,
-            repeat_time=float(repeat), data_augment=entry.get('data_augment'),
+            repeat_time=repeat, data_augment=entry.get('data_augment'),
             max_dynamic_patch=entry.get('max_dynamic_patch'), min_dynamic_patch=entry.get('min_dynamic_patch'),
             use_thumbnail=entry.get('use_thumbnail')))
     return sources
@@ -88,10 +110,9 @@ def xtuner_sources(data_paths: Union[str, Sequence[str]], image_folders: Union[N
     repeats = _per_file(repeat_times, len(paths), 'repeat_times')
     sources = []
     for path, folder, repeat in zip(paths, folders, repeats):
-        if not isinstance(repeat, (int, float)) or repeat < 0:
-            raise DataError(f'repeat_times for {path} is {repeat!r}; expected a number >= 0')
+        repeat = check_repeat(f'repeat_times for {path}', repeat)
         root = folder if folder is not None else os.path.dirname(os.path.abspath(path))
-        sources.append(DataSource(name=os.path.basename(path), annotation=path, root=root, repeat_time=float(repeat)))
+        sources.append(DataSource(name=os.path.basename(path), annotation=path, root=root, repeat_time=repeat))
     return sources
 
 
@@ -99,9 +120,16 @@ def read_annotation(path: str) -> Iterator[Tuple[int, str]]:
     """(line number, JSON text) per sample of a .jsonl file, or of a .json file holding a list of samples."""
     if not os.path.isfile(path):
         raise DataError(f'{path}: annotation file does not exist')
-    with open(path, encoding='utf-8') as f:
-        text = f.read()
-    if not path.endswith('.json'):
+    with open(path, 'rb') as f:
+        raw = f.read()
+    try:
+        text = raw.decode('utf-8')
+    except UnicodeDecodeError as error:
+        line = raw.count(b'\n', 0, error.start) + 1
+        column = error.start - (raw.rfind(b'\n', 0, error.start) + 1) + 1
+        raise DataError(f'{path}:{line}: not UTF-8 text (byte 0x{raw[error.start]:02x} at column {column}); save the '
+                        'file as UTF-8') from None
+    if not path.lower().endswith('.json'):
         for number, line in enumerate(text.split('\n'), start=1):  # not splitlines: JSON may hold U+2028
             if line.strip():
                 yield number, line
@@ -122,6 +150,11 @@ def _json_list_records(path: str, text: str) -> Iterator[Tuple[int, str]]:
         if position >= len(text):
             raise DataError(f'{path}: the JSON list is not closed with ]')
         if text[position] == ']':
+            rest = text[position + 1:]
+            if rest.strip():
+                after = position + 1 + len(rest) - len(rest.lstrip())
+                raise DataError(f"{path}:{text.count(chr(10), 0, after) + 1}: text after the JSON list's closing ]; "
+                                'expected one list of samples (or write JSONL: one sample per line)')
             return
         line += text.count('\n', counted, position)
         counted = position
