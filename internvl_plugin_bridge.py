@@ -8,7 +8,10 @@ finder to `sys.meta_path` (standard library only, no import of torch or transfor
   installed transformers lacks (on transformers 4.x every name is there and nothing is added);
 - when `deepspeed.runtime.fp16.onebit` (the 1-bit optimizers, removed in deepspeed 0.19.7) is imported and
   deepspeed has no such module, it serves one whose optimizers refuse to be built with a line saying why: mmengine's
-  DeepSpeed strategy imports them to register their names, and no InternVL recipe uses them.
+  DeepSpeed strategy imports them to register their names, and no InternVL recipe uses them;
+- when xtuner's train tool loads its helpers (`xtuner.tools.utils`), the reads of the `--resume` checkpoint (xtuner's
+  seed read, the runners' resume) unpickle mmengine's training state, which torch >= 2.6's weights_only default
+  refuses; every other torch.load keeps that default (`internvl_plugin.resume`).
 
 `applied` lists what was added, so tests and `python -m internvl_plugin_bridge` can show it.
 """
@@ -92,6 +95,35 @@ class _XtunerTrigger(importlib.abc.MetaPathFinder):
         return None
 
 
+def _trust_resume_reads(module) -> None:
+    importlib.import_module('internvl_plugin.resume').trust_resume_reads(module)
+    applied.append('xtuner --resume reads')
+
+
+# Module -> what to do to it right after it has run.
+AFTER_IMPORT = {'xtuner.tools.utils': _trust_resume_reads}
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """First on sys.meta_path: finds the modules of AFTER_IMPORT as the path finder would, and has their loader
+    run the patch after the module's own code."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in AFTER_IMPORT:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
+        if spec is None or not hasattr(spec.loader, 'exec_module'):
+            return spec
+        run_module = spec.loader.exec_module
+
+        def exec_module(module) -> None:
+            run_module(module)
+            AFTER_IMPORT[fullname](module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
 class _OnebitFallback(importlib.abc.MetaPathFinder):
     """Last on sys.meta_path: asked for the 1-bit module only when deepspeed itself has none."""
 
@@ -105,7 +137,7 @@ def install() -> None:
     """Called from the .pth file at start-up; cheap and idempotent."""
     if any(isinstance(finder, _OnebitFallback) for finder in sys.meta_path):
         return
-    sys.meta_path.insert(0, _XtunerTrigger())
+    sys.meta_path[:0] = [_XtunerTrigger(), _AfterImport()]
     sys.meta_path.append(_OnebitFallback())
 
 

@@ -43,7 +43,7 @@ def _seeded():
 
 @pytest.fixture(autouse=True)
 def _restore_environment():
-    """Parsing a shipped config sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD (for --resume); keep it in its test."""
+    """What a test sets in os.environ stays in that test."""
     saved = dict(os.environ)
     yield
     os.environ.clear()

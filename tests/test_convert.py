@@ -304,3 +304,33 @@ def test_cli_reports_one_error_line(tmp_path, tiny_checkpoint):
                              str(tmp_path / 'iter_9.pth'), str(tmp_path / 'out')], capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == f"convert_to_official: error: checkpoint {tmp_path / 'iter_9.pth'} does not exist"
+
+
+class _RunsCode:
+    """What a crafted checkpoint holds: unpickling it calls a function of the file's choosing."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}',))
+
+
+def test_a_crafted_checkpoint_runs_no_code_in_the_converter_or_at_model_build(tiny_checkpoint, tmp_path):
+    base = tiny_checkpoint('qwen2')
+    model = InternVL_V1_5(base, torch_dtype='float32', freeze_llm=True, freeze_visual_encoder=True)
+    _, ckpt = train_and_save(model, str(tmp_path), steps=1)
+    marker = tmp_path / 'code-ran'
+    crafted = str(tmp_path / 'iter_2.pth')
+    state = torch.load(ckpt, weights_only=True)['state_dict']
+    torch.save({'state_dict': state, 'message_hub': _RunsCode(marker), 'meta': {'iter': 2}}, crafted)
+    config = write_config(str(tmp_path), base, freeze_llm=True, freeze_visual_encoder=True)
+    convert_checkpoint(config, crafted, str(tmp_path / 'out'))
+    InternVL_V1_5(base, torch_dtype='float32', freeze_llm=True, freeze_visual_encoder=True, pretrained_pth=crafted)
+    assert not marker.exists()
+    poisoned = str(tmp_path / 'iter_3.pth')
+    torch.save({'state_dict': {**state, 'mlp1.1.weight': _RunsCode(marker)}}, poisoned)
+    with pytest.raises(ValueError, match=r"iter_3.pth: state_dict entries \['mlp1.1.weight'\] are objects the file "
+                                         'builds with code, not tensors'):
+        load_trained_state(poisoned)
+    assert not marker.exists()

@@ -42,10 +42,5 @@ visualizer = None
 log_level = 'INFO'
 load_from = None
 resume = False
-# `--resume` reads the run's own checkpoint with torch.load's default, which torch >= 2.6 made weights_only; MMEngine's
-# training state (history buffers, numpy values) is then refused. This call runs while the config is parsed (before
-# xtuner reads the checkpoint; an `import` here would be lazy) and restores the loading mmengine and xtuner were
-# written for, unless the variable is set already.
-__import__('os').environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
 randomness = dict(seed=None, deterministic=False)
 log_processor = dict(by_epoch=False)

@@ -1,11 +1,14 @@
-"""Trained state saved during training (mmengine `iter_xxx.pth` files or DeepSpeed checkpoint folders)."""
+"""Trained state saved during training (mmengine `iter_xxx.pth` files or DeepSpeed checkpoint folders), read
+without running code from the files (safe_pickle)."""
+import contextlib
 import glob
 import os
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import torch
 from torch import nn
 
+from . import safe_pickle
 from .key_maps import StateDict
 from .load import check_keys
 
@@ -66,10 +69,27 @@ def _load_deepspeed_folder(path: str) -> StateDict:
     tag_dir = _chosen_folder(path, folders)
     whole = os.path.join(tag_dir, _DEEPSPEED_MODEL_STATES)
     if os.path.isfile(whole):
-        return dict(torch.load(whole, map_location='cpu', weights_only=False)['module'])
+        return dict(safe_pickle.torch_load(whole)['module'])
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    return dict(get_fp32_state_dict_from_zero_checkpoint(os.path.dirname(tag_dir), tag=os.path.basename(tag_dir),
-                                                         exclude_frozen_parameters=True))
+    with _torch_load_through_safe_pickle():
+        return dict(get_fp32_state_dict_from_zero_checkpoint(
+            os.path.dirname(tag_dir), tag=os.path.basename(tag_dir), exclude_frozen_parameters=True))
+
+
+@contextlib.contextmanager
+def _torch_load_through_safe_pickle() -> Iterator[None]:
+    """DeepSpeed's zero_to_fp32 reads its files with torch.load(weights_only=False); route them through safe_pickle."""
+    original = torch.load
+
+    def load(f, map_location=None, **kwargs):
+        kwargs.update(weights_only=False, pickle_module=safe_pickle)
+        return original(f, map_location=map_location, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
 
 
 def load_trained_state(path: str) -> StateDict:
@@ -78,11 +98,16 @@ def load_trained_state(path: str) -> StateDict:
         return _strip_wrapper_prefix(_load_deepspeed_folder(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint {path} does not exist')
-    # mmengine checkpoints pickle training state (message hub, history buffers) beside the weights.
-    checkpoint = torch.load(path, map_location='cpu', weights_only=False)
+    # mmengine checkpoints pickle training state (message hub, history buffers) beside the weights; safe_pickle
+    # withholds whatever needs code to build, and the weights never do.
+    checkpoint = safe_pickle.torch_load(path)
     if not isinstance(checkpoint, dict):
         raise ValueError(f'{path}: expected a checkpoint dict, found {type(checkpoint).__name__}')
     state = checkpoint.get('state_dict', checkpoint.get('module', checkpoint))
+    withheld = sorted(k for k, v in state.items() if isinstance(v, safe_pickle.Withheld))
+    if withheld:
+        raise ValueError(f'{path}: state_dict entries {withheld[:5]} are objects the file builds with code, not '
+                         'tensors; refusing to load them')
     return _strip_wrapper_prefix({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
 
 
