@@ -12,10 +12,12 @@ from .model.internvl import InternVL_V1_5
 class ChatSession:
     """A conversation about some images: each answer sees the images and the earlier turns."""
 
-    def __init__(self, model_path: str, device: Optional[str] = None, torch_dtype: Optional[str] = None):
+    def __init__(self, model_path: str, device: Optional[str] = None, torch_dtype: Optional[str] = None,
+                 trust_remote_code: bool = False):
         self.device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
         dtype = torch_dtype or ('bfloat16' if self.device.startswith('cuda') else 'float32')
-        self.model = InternVL_V1_5(model_path, torch_dtype=dtype, use_activation_checkpointing=False)
+        self.model = InternVL_V1_5(model_path, torch_dtype=dtype, use_activation_checkpointing=False,
+                                   trust_remote_code=trust_remote_code)
         self.model.to(self.device).eval()
         self.tokenizer = self.model.tokenizer
         self.template = get_template(self.model.config.get('template') or 'internvl2_5')

@@ -3,7 +3,7 @@ import importlib
 import json
 import os
 import re
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 _REPO_ID = re.compile(r'^[A-Za-z0-9][\w.-]*/[\w.-]+$')
 # Tokens every InternVL tokenizer has; an LLM's own tokenizer gets them when a model is assembled from parts.
@@ -42,11 +42,18 @@ def read_json(path: str) -> Dict[str, Any]:
         raise ValueError(f'{path}:{error.lineno}: invalid JSON ({error.msg})') from None
 
 
-def load_tokenizer(folder: str, add_internvl_tokens: bool = False) -> Any:
+def remote_code_files(auto_map: Any) -> List[str]:
+    """The .py files an `auto_map` ({'AutoTokenizer': ['tokenization_x.Cls', None], ...}) would import."""
+    entries = [v for value in (auto_map or {}).values() for v in (value if isinstance(value, list) else [value])]
+    return sorted({entry.split('--')[-1].rsplit('.', 1)[0] + '.py' for entry in entries if isinstance(entry, str)})
+
+
+def load_tokenizer(folder: str, add_internvl_tokens: bool = False, trust_remote_code: bool = False) -> Any:
     """The checkpoint's tokenizer. InternLM2's (remote code in every released checkpoint) is read from its
     SentencePiece model by the plugin's own class, on any transformers version; other tokenizers load with
-    transformers, remote code only where their config names it. `add_internvl_tokens` adds the InternVL special
-    tokens an LLM's own tokenizer lacks."""
+    transformers. A tokenizer whose config names remote code (`auto_map`) is refused unless `trust_remote_code`
+    is given: the error names the files that would run. `add_internvl_tokens` adds the InternVL special tokens an
+    LLM's own tokenizer lacks."""
     from transformers import AutoTokenizer
 
     from .internlm2_tokenizer import INTERNLM2_TOKENIZER_CLASSES, VOCAB_FILE, InternLM2Tokenizer
@@ -55,8 +62,13 @@ def load_tokenizer(folder: str, add_internvl_tokens: bool = False) -> Any:
     sentencepiece_model = os.path.join(folder, VOCAB_FILE)
     if config.get('tokenizer_class') in INTERNLM2_TOKENIZER_CLASSES and os.path.isfile(sentencepiece_model):
         tokenizer = InternLM2Tokenizer.from_pretrained(folder)
+    elif 'auto_map' in config and not trust_remote_code:
+        files = ', '.join(remote_code_files(config['auto_map']))
+        raise ValueError(f'{tokenizer_config}: auto_map names remote code ({files} in {folder}) that loading this '
+                         'tokenizer would run; pass trust_remote_code=True (in the model and dataset dicts, or '
+                         '--trust-remote-code) if you trust it')
     else:
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code='auto_map' in config)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     if add_internvl_tokens:
         tokenizer.add_tokens(INTERNVL_SPECIAL_TOKENS, special_tokens=True)
     return tokenizer

@@ -90,3 +90,22 @@ def test_decoding_an_answer_skips_special_tokens(folder):
     tokenizer = load_tokenizer(folder)
     ids = tokenizer('<|im_start|>assistant\nA red circle.<|im_end|>')['input_ids']
     assert tokenizer.decode(ids, skip_special_tokens=True).strip() == 'assistant\nA red circle.'
+
+
+def test_a_tokenizer_naming_other_remote_code_is_refused_unless_trusted(tiny_checkpoint, tmp_path):
+    copy = tmp_path / 'ckpt'
+    shutil.copytree(tiny_checkpoint('qwen2'), copy)
+    config_path = copy / 'tokenizer_config.json'
+    config = json.loads(config_path.read_text())
+    config['auto_map'] = {'AutoTokenizer': ['tokenization_custom.CustomTokenizer', None]}
+    config_path.write_text(json.dumps(config))
+    (copy / 'tokenization_custom.py').write_text("open(__file__ + '.ran', 'w').close()\n")
+    with pytest.raises(ValueError, match=r'tokenizer_config.json: auto_map names remote code \(tokenization_custom.py '
+                                         r'in .*\) that loading this tokenizer would run; pass trust_remote_code=True'):
+        load_tokenizer(str(copy))
+    from internvl_plugin import InternVL_V1_5, InternVL_V1_5_Dataset
+    with pytest.raises(ValueError, match='auto_map names remote code'):
+        InternVL_V1_5(str(copy), torch_dtype='float32')
+    with pytest.raises(ValueError, match='auto_map names remote code'):
+        InternVL_V1_5_Dataset(model_path=str(copy), data_paths=[str(tmp_path / 'unused.jsonl')])
+    assert not (copy / 'tokenization_custom.py.ran').exists()

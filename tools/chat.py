@@ -19,9 +19,11 @@ def main() -> int:
     parser.add_argument('--question', help='ask once and exit')
     parser.add_argument('--max-new-tokens', type=int, default=512)
     parser.add_argument('--device', help='default: cuda when available, else cpu')
+    parser.add_argument('--trust-remote-code', action='store_true',
+                        help="run the tokenizer code the checkpoint's auto_map names (never needed for InternVL)")
     args = parser.parse_args()
     try:
-        session = ChatSession(args.model_dir, device=args.device)
+        session = ChatSession(args.model_dir, device=args.device, trust_remote_code=args.trust_remote_code)
         if args.image:
             session.show([Image.open(path) for path in args.image])
     except (OSError, ValueError) as error:

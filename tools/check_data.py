@@ -25,9 +25,12 @@ def main() -> int:
     parser.add_argument('--image-folders', nargs='+', help='image folder per json/jsonl file (default: its folder)')
     parser.add_argument('--decode', action='store_true', help='also decode every image and video (slower)')
     parser.add_argument('--write-length', action='store_true', help='write each sample\'s "length" back')
+    parser.add_argument('--trust-remote-code', action='store_true',
+                        help="run the tokenizer code the checkpoint's auto_map names (never needed for InternVL)")
     args = parser.parse_args()
     overrides = {'model_path': args.model_path, 'template': args.template, 'max_length': args.max_length,
-                 'max_dynamic_patch': args.max_dynamic_patch, 'image_folders': args.image_folders}
+                 'max_dynamic_patch': args.max_dynamic_patch, 'image_folders': args.image_folders,
+                 'trust_remote_code': args.trust_remote_code or None}
     logging.getLogger('internvl_plugin').setLevel(logging.ERROR)  # the report lists what the warnings would say
     try:
         report = check_dataset(dataset_kwargs(args.inputs, overrides), decode=args.decode)

@@ -46,11 +46,12 @@ def _without_placeholders(text: str) -> str:
     return text.replace(IMAGE_PLACEHOLDER, '').replace(VIDEO_PLACEHOLDER, '')
 
 
-def _build_tokenizer(tokenizer: Any) -> Any:
+def _build_tokenizer(tokenizer: Any, trust_remote_code: bool) -> Any:
     """A tokenizer object, an MMEngine/XTuner-style dict whose `type` builds one, or an LLM folder / hub id whose
     tokenizer gets the InternVL special tokens (what a model assembled from parts uses)."""
     if isinstance(tokenizer, str):
-        return load_tokenizer(resolve_model_path(tokenizer), add_internvl_tokens=True)
+        return load_tokenizer(resolve_model_path(tokenizer), add_internvl_tokens=True,
+                              trust_remote_code=trust_remote_code)
     return build_from_config(tokenizer)
 
 
@@ -75,14 +76,14 @@ class InternVL_V1_5_Dataset(Dataset):
                  use_thumbnail: Optional[bool] = None, min_dynamic_patch: Optional[int] = None,
                  max_dynamic_patch: Optional[int] = None, data_augment: bool = False, min_num_frames: int = 8,
                  max_num_frames: int = 32, skip_bad_samples: bool = False, exact_pixels: bool = False,
-                 seed: int = 0):
+                 seed: int = 0, trust_remote_code: bool = False):
         super().__init__()
         config: Dict[str, Any] = {}
         if model_path is not None:
             model_path = resolve_model_path(model_path)
             config = read_json(os.path.join(model_path, 'config.json'))
-        self.tokenizer = _build_tokenizer(tokenizer) if tokenizer is not None else (
-            load_tokenizer(model_path) if model_path is not None else None)
+        self.tokenizer = _build_tokenizer(tokenizer, trust_remote_code) if tokenizer is not None else (
+            load_tokenizer(model_path, trust_remote_code=trust_remote_code) if model_path is not None else None)
         if self.tokenizer is None:
             raise ValueError('InternVL_V1_5_Dataset needs model_path (an InternVL checkpoint) or a tokenizer')
         template = template or config.get('template')

@@ -53,7 +53,8 @@ class InternVL_V1_5(BaseModel):
                  drop_path_rate: Optional[float] = None, vision_model_path: Optional[str] = None,
                  llm_path: Optional[str] = None, template: Optional[str] = None, ps_version: str = 'v2',
                  downsample_ratio: float = 0.5, select_layer: int = -1, loss_reduction: str = 'token',
-                 random_init: bool = False, data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None):
+                 random_init: bool = False, trust_remote_code: bool = False, data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if loss_reduction not in LOSS_REDUCTIONS:
             raise ValueError(f"loss_reduction '{loss_reduction}' is not one of {LOSS_REDUCTIONS}")
@@ -64,7 +65,7 @@ class InternVL_V1_5(BaseModel):
                 raise ValueError('give either model_path or vision_model_path + llm_path, not both')
             self.model_path = resolve_model_path(model_path)
             self.config = read_internvl_config(self.model_path)
-            self.tokenizer = load_tokenizer(self.model_path)
+            self.tokenizer = load_tokenizer(self.model_path, trust_remote_code=trust_remote_code)
             weights = None if random_init else load_weights(self.model_path)
             source = self.model_path
         elif random_init:
@@ -73,7 +74,8 @@ class InternVL_V1_5(BaseModel):
             self.model_path = None
             self.config, weights, self.tokenizer = assemble_config_and_weights(
                 resolve_model_path(vision_model_path), resolve_model_path(llm_path), template=template,
-                ps_version=ps_version, downsample_ratio=downsample_ratio, select_layer=select_layer)
+                ps_version=ps_version, downsample_ratio=downsample_ratio, select_layer=select_layer,
+                trust_remote_code=trust_remote_code)
             source = f'{vision_model_path} + {llm_path}'
         else:
             raise ValueError('InternVL_V1_5 needs model_path (an InternVL checkpoint) or both vision_model_path '

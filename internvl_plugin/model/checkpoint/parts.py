@@ -20,13 +20,14 @@ def read_vision_config(folder: str) -> Dict[str, Any]:
 
 
 def assemble_config_and_weights(vision_path: str, llm_path: str, template: Optional[str], ps_version: str = 'v2',
-                                downsample_ratio: float = 0.5, select_layer: int = -1) -> Tuple[Dict, StateDict, Any]:
+                                downsample_ratio: float = 0.5, select_layer: int = -1,
+                                trust_remote_code: bool = False) -> Tuple[Dict, StateDict, Any]:
     """An official-format config, official-named weights (with a fresh mlp1) and the LLM's tokenizer with the
     InternVL special tokens added."""
     vision_config = read_vision_config(vision_path)
     llm_config = read_json(os.path.join(llm_path, 'config.json'))
     llm_family(llm_config, source=os.path.join(llm_path, 'config.json'))
-    tokenizer = load_tokenizer(llm_path, add_internvl_tokens=True)
+    tokenizer = load_tokenizer(llm_path, add_internvl_tokens=True, trust_remote_code=trust_remote_code)
     vision = InternVisionConfig.from_dict(vision_config)
     config = {
         'architectures': ['InternVLChatModel'], 'model_type': 'internvl_chat',
