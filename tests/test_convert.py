@@ -44,6 +44,13 @@ def train_and_save(model, folder, steps=3):
     return batch, path
 
 
+def mlp_only_run(base, folder):
+    """A checkpoint of one step that trains only mlp1, and its config: (base, model, checkpoint, config)."""
+    model = InternVL_V1_5(base, torch_dtype='float32', freeze_llm=True, freeze_visual_encoder=True)
+    _, ckpt = train_and_save(model, str(folder), steps=1)
+    return base, model, ckpt, write_config(str(folder), base, freeze_llm=True, freeze_visual_encoder=True)
+
+
 @pytest.mark.parametrize('family,vit,lora', [('qwen2', '300m', True), ('internlm2', '6b', True),
                                              ('phi3', '300m', False), ('llama', '6b', True)])
 def test_round_trip_logits_match_the_merged_model(tiny_checkpoint, tmp_path, family, vit, lora):
@@ -195,10 +202,7 @@ def test_checkpoint_from_another_config_is_refused(tiny_checkpoint, tmp_path):
 
 
 def test_refuses_the_base_folder_and_non_empty_folders(tiny_checkpoint, tmp_path):
-    base = tiny_checkpoint('qwen2')
-    model = InternVL_V1_5(base, torch_dtype='float32', freeze_llm=True, freeze_visual_encoder=True)
-    _, ckpt = train_and_save(model, str(tmp_path), steps=1)
-    config = write_config(str(tmp_path), base, freeze_llm=True, freeze_visual_encoder=True)
+    base, model, ckpt, config = mlp_only_run(tiny_checkpoint('qwen2'), tmp_path)
     with pytest.raises(ValueError, match='it is the base model folder'):
         convert_checkpoint(config, ckpt, base, overwrite=True)
     occupied = tmp_path / 'occupied'
@@ -240,10 +244,7 @@ def test_refuses_outputs_that_contain_or_lie_inside_what_it_reads(tiny_checkpoin
 
 
 def test_a_folder_filled_by_another_writer_meanwhile_is_never_replaced(tiny_checkpoint, tmp_path, monkeypatch):
-    base = tiny_checkpoint('qwen2')
-    model = InternVL_V1_5(base, torch_dtype='float32', freeze_llm=True, freeze_visual_encoder=True)
-    _, ckpt = train_and_save(model, str(tmp_path), steps=1)
-    config = write_config(str(tmp_path), base, freeze_llm=True, freeze_visual_encoder=True)
+    base, model, ckpt, config = mlp_only_run(tiny_checkpoint('qwen2'), tmp_path)
     out = tmp_path / 'out'
 
     def other_writer_finishes_first(base_dir, folder):
@@ -259,10 +260,7 @@ def test_a_folder_filled_by_another_writer_meanwhile_is_never_replaced(tiny_chec
 
 
 def test_temporaries_of_a_killed_conversion_are_removed_and_nothing_else(tiny_checkpoint, tmp_path):
-    base = tiny_checkpoint('qwen2')
-    model = InternVL_V1_5(base, torch_dtype='float32', freeze_llm=True, freeze_visual_encoder=True)
-    _, ckpt = train_and_save(model, str(tmp_path), steps=1)
-    config = write_config(str(tmp_path), base, freeze_llm=True, freeze_visual_encoder=True)
+    base, model, ckpt, config = mlp_only_run(tiny_checkpoint('qwen2'), tmp_path)
     finished = subprocess.Popen(['true'])
     finished.wait()
     host = socket.gethostname()
@@ -280,10 +278,7 @@ def test_temporaries_of_a_killed_conversion_are_removed_and_nothing_else(tiny_ch
 
 
 def test_a_crash_while_writing_leaves_nothing_behind(tiny_checkpoint, tmp_path, monkeypatch):
-    base = tiny_checkpoint('qwen2')
-    model = InternVL_V1_5(base, torch_dtype='float32', freeze_llm=True, freeze_visual_encoder=True)
-    _, ckpt = train_and_save(model, str(tmp_path), steps=1)
-    config = write_config(str(tmp_path), base, freeze_llm=True, freeze_visual_encoder=True)
+    base, model, ckpt, config = mlp_only_run(tiny_checkpoint('qwen2'), tmp_path)
     existing = tmp_path / 'existing'
     existing.mkdir()
     (existing / 'config.json').write_text('{"old": true}')
