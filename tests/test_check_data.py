@@ -88,3 +88,11 @@ def test_missing_meta_annotation_is_an_error_line(tiny_checkpoint, data):
     (data / 'meta.json').write_text(json.dumps({'x': {'root': 'images', 'annotation': 'gone.jsonl'}}))
     result = run_tool(data / 'meta.json', '--model-path', tiny_checkpoint())
     assert result.returncode == 1 and 'gone.jsonl: annotation file does not exist' in result.stderr
+
+
+def test_image_tokens_written_in_the_text_are_reported_and_decode_still_reports(tiny_checkpoint, tmp_path):
+    path = write_jsonl(tmp_path / 'a.jsonl', [qa('Hello', 'Hi'), qa('What is <IMG_CONTEXT>?', 'A token.')])
+    result = run_tool(path, '--model-path', tiny_checkpoint(), '--decode')
+    assert result.returncode == 1, result.stderr
+    assert f'{path}:2: turn 1 (human) holds <IMG_CONTEXT>, a token reserved for image features' in result.stdout
+    assert '1 usable samples' in result.stdout

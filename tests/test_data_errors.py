@@ -43,6 +43,10 @@ BAD_LINES = [
     ({**qa(), 'image': 'images/ok.png', 'video': 'a.mp4'}, 'the sample has both "image" and "video"'),
     ({**qa(image='images/ok.png'), 'width': 0, 'height': 10},
      r'width/height are 0/10; expected positive integers, one per image'),
+    (qa('What is <IMG_CONTEXT>?', 'A token.'), r'turn 1 \(human\) holds <IMG_CONTEXT>, a token reserved for image'),
+    (qa('Hi', 'See <img>here</img>'), r'turn 2 \(gpt\) holds <img>, a token reserved for image features'),
+    ({'conversations': [{'from': 'system', 'value': 'Use </img>.'}, *qa('Hi', 'Hello')['conversations']]},
+     r'the system turn holds </img>, a token reserved'),
 ]
 
 

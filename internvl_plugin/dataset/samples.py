@@ -4,7 +4,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence, Tuple
 
-from .templates import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, Turn
+from .templates import IMAGE_PLACEHOLDER, IMG_CONTEXT, IMG_END, IMG_START, VIDEO_PLACEHOLDER, Turn
 
 
 class SampleError(ValueError):
@@ -38,6 +38,15 @@ def _paths(record: dict, key: str) -> Optional[List[str]]:
     return values
 
 
+def _refuse_image_tokens(text: str, where: str) -> None:
+    """The tokens that frame image features may only come from <image> / <video> placeholders: written in the text
+    they would shift or break the image spans."""
+    for token in (IMG_CONTEXT, IMG_START, IMG_END):
+        if token in text:
+            raise SampleError(f'{where} holds {token}, a token reserved for image features; write <image> where an '
+                              'image goes, or remove it')
+
+
 def _turns(record: dict) -> Tuple[Optional[str], List[Turn]]:
     conversations = record.get('conversations')
     if not isinstance(conversations, list) or not conversations:
@@ -49,6 +58,7 @@ def _turns(record: dict) -> Tuple[Optional[str], List[Turn]]:
         role = turn['from']
         if role == 'system' and number == 1:
             system = turn['value']
+            _refuse_image_tokens(system, 'the system turn')
             continue
         if role not in ('human', 'gpt'):
             raise SampleError(f"turn {number} has role {role!r}; expected 'human' or 'gpt' ('system' only first)")
@@ -58,6 +68,7 @@ def _turns(record: dict) -> Tuple[Optional[str], List[Turn]]:
                               "alternate human, gpt, human, ...")
         if not turn['value'].strip():
             raise SampleError(f'turn {number} ({role}) is empty')
+        _refuse_image_tokens(turn['value'], f'turn {number} ({role})')
         turns.append(Turn(role, turn['value']))
     if len(turns) < 2:
         raise SampleError('the conversation has no gpt answer; expected at least one human turn and one gpt turn')
