@@ -182,3 +182,16 @@ def test_augmentation_leaves_text_only_samples_alone(tiny_checkpoint, folder):
     ds = build(tiny_checkpoint, path, data_augment=True)
     text_only, with_image = ds.load(0), ds.load(1)
     assert text_only['pixel_values'].shape[0] == 0 and with_image['pixel_values'].shape[0] >= 1
+
+
+def test_media_outside_the_root_are_warned_about_once_per_dataset(tiny_checkpoint, folder, caplog):
+    save_image(folder / 'elsewhere.png', 64, 64)
+    path = write_jsonl(folder / 'images' / 'data.jsonl', [qa(image='ok.png'), qa(image='../elsewhere.png'),
+                                                          qa(image='../elsewhere.png')])
+    with caplog.at_level(logging.WARNING, logger='internvl_plugin'):
+        dataset = build(tiny_checkpoint, path)
+    assert len(dataset) == 3
+    warnings = [r.getMessage() for r in caplog.records if 'outside the dataset' in r.getMessage()]
+    assert len(warnings) == 1
+    assert "2 media path(s) lead outside the dataset's root" in warnings[0]
+    assert f'the first: {path}:2: ' in warnings[0] and warnings[0].endswith('../elsewhere.png')

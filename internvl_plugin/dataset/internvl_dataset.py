@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from ..files import build_from_config, load_tokenizer, read_json, resolve_model_path
 from .image import ImageSettings, TileLimits, jpeg_recompress, resize_tile
-from .samples import Sample, SampleError, expand_video, missing_media, parse_sample
+from .samples import Sample, SampleError, expand_video, media_outside_root, missing_media, parse_sample
 from .sources import (DataError, DataSource, LineStore, check_setting, read_annotation, read_meta, repeat_indices,
                       xtuner_sources)
 from .templates import IGNORE_INDEX, IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, Encoded, TemplateEncoder, Turn, get_template
@@ -134,14 +134,19 @@ class InternVL_V1_5_Dataset(Dataset):
         self.source_counts: Dict[str, int] = {}
         for source_id, source in enumerate(self.sources):
             first = len(lines)
+            outside = []
             for number, text in read_annotation(source.annotation):
-                problem = self._check(text, source)
+                sample, problem = self._check(text, source)
                 if problem:
                     problems.append(f'{source.annotation}:{number}: {problem}')
                     continue
+                outside += [f'{source.annotation}:{number}: {p}' for p in media_outside_root(sample, source.root)]
                 lines.append(text)
                 line_numbers.append(number)
                 source_ids.append(source_id)
+            if outside:
+                logger.warning("%s: %d media path(s) lead outside the dataset's root %s (with '..' or an absolute "
+                               'path); the first: %s', source.annotation, len(outside), source.root, outside[0])
             kept = len(lines) - first
             index_parts.append(first + repeat_indices(kept, source.repeat_time, seed + source_id))
             self.source_counts[source.name] = len(index_parts[-1])
@@ -163,12 +168,13 @@ class InternVL_V1_5_Dataset(Dataset):
             raise DataError('the dataset is empty: ' + ', '.join(s.annotation for s in self.sources)
                             + ' hold no usable samples (or every repeat factor is 0)')
 
-    def _check(self, text: str, source: DataSource) -> Optional[str]:
+    def _check(self, text: str, source: DataSource) -> Tuple[Optional[Sample], Optional[str]]:
+        """The parsed sample and what is wrong with it (None when nothing is)."""
         try:
             sample = parse_sample(text, source.root)
         except SampleError as error:
-            return str(error)
-        return missing_media(sample)
+            return None, str(error)
+        return sample, missing_media(sample)
 
     # ---- lengths for LengthGroupedSampler ------------------------------------------------------------------
 

@@ -141,6 +141,14 @@ def parse_sample(text: str, root: str) -> Sample:
                   clip=tuple(clip) if clip is not None else None, length=length)
 
 
+def media_outside_root(sample: Sample, root: str) -> List[str]:
+    """The sample's image / video paths that do not lie inside `root` once '..' is resolved (as written: a
+    symbolic link inside the root that points elsewhere is the user's own layout)."""
+    top = os.path.normpath(os.path.abspath(root))
+    paths = sample.images + (sample.video or [])
+    return [path for path in paths if not os.path.normpath(os.path.abspath(path)).startswith(top + os.sep)]
+
+
 def missing_media(sample: Sample) -> Optional[str]:
     """What is wrong with the sample's files (missing, unreadable), or None; opens nothing."""
     for path in sample.images:
