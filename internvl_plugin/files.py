@@ -34,7 +34,7 @@ def resolve_model_path(name_or_path: str) -> str:
 
 def read_json(path: str) -> Dict[str, Any]:
     try:
-        with open(path, encoding='utf-8') as f:
+        with open(path, encoding='utf-8-sig') as f:  # a byte-order mark (some Windows editors write one) is fine
             return json.load(f)
     except FileNotFoundError:
         raise FileNotFoundError(f'{path} does not exist') from None

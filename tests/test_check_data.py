@@ -96,3 +96,29 @@ def test_image_tokens_written_in_the_text_are_reported_and_decode_still_reports(
     assert result.returncode == 1, result.stderr
     assert f'{path}:2: turn 1 (human) holds <IMG_CONTEXT>, a token reserved for image features' in result.stdout
     assert '1 usable samples' in result.stdout
+
+
+def test_meta_files_with_a_byte_order_mark_single_samples_and_meta_lists_are_routed_right(tiny_checkpoint, tmp_path):
+    path = write_jsonl(tmp_path / 'a.jsonl', [qa('Hello', 'Hi')])
+    meta = tmp_path / 'meta.json'
+    meta.write_text('\ufeff' + json.dumps({'set': {'root': str(tmp_path), 'annotation': str(path)}}), encoding='utf-8')
+    result = run_tool(meta, '--model-path', tiny_checkpoint())
+    assert result.returncode == 0 and 'set (' in result.stdout, result.stdout + result.stderr
+    single = tmp_path / 'one.json'
+    single.write_text(json.dumps(qa('Hello', 'Hi')))
+    result = run_tool(single, '--model-path', tiny_checkpoint())
+    assert result.returncode == 1 and f'{single}:1: expected a JSON list of samples' in result.stderr
+    listed = tmp_path / 'list.json'
+    listed.write_text(json.dumps([{'root': str(tmp_path), 'annotation': str(path)}]))
+    result = run_tool(listed, '--model-path', tiny_checkpoint())
+    assert result.returncode == 1
+    assert f"check_data: error: {listed}: a list of dataset entries; InternVL's meta JSON is one object" \
+        in result.stderr
+
+
+def test_a_dataset_whose_every_line_is_bad_lists_the_problems(tiny_checkpoint, tmp_path):
+    path = write_jsonl(tmp_path / 'a.jsonl', ['{broken', qa('<image>\nWhat?', 'A.')])
+    result = run_tool(path, '--model-path', tiny_checkpoint())
+    assert result.returncode == 1
+    assert 'the dataset is empty: every sample of' in result.stderr and 'is bad (2)' in result.stderr
+    assert f'{path}:1: invalid JSON' in result.stderr and f'{path}:2: 1 <image> placeholder(s)' in result.stderr

@@ -2,6 +2,7 @@
 import json
 import os
 import random
+import re
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from PIL import Image
 from ..files import train_dataset_config
 from .internvl_dataset import InternVL_V1_5_Dataset, SampleDropped
 from .samples import Sample, SampleError
-from .sources import read_annotation
+from .sources import DataError, read_annotation
 
 PERCENTILES = (50, 90, 99)
 
@@ -62,12 +63,19 @@ def dataset_kwargs(inputs: List[str], overrides: Dict[str, Any]) -> Dict[str, An
 
 
 def _is_meta_json(path: str) -> bool:
-    """A .json holding an object (InternVL's meta file) rather than a list of samples."""
-    if not path.endswith('.json') or not os.path.isfile(path):
+    """A .json holding InternVL's meta object ({"name": {"annotation": ...}}) rather than samples. A file of one
+    sample object goes to the sample reader (which says it expects a list); a list of dataset entries is refused."""
+    if not path.lower().endswith('.json') or not os.path.isfile(path):
         return False
-    with open(path, encoding='utf-8') as f:
+    with open(path, encoding='utf-8-sig') as f:
         head = f.read(4096).lstrip()
-    return head.startswith('{')
+    if head.startswith('['):
+        first = re.match(r'\[\s*\{\s*"(\w+)"', head)
+        if first and first.group(1) in ('root', 'annotation'):
+            raise DataError(f'{path}: a list of dataset entries; InternVL\'s meta JSON is one object '
+                            '{"name": {"root": ..., "annotation": ...}, ...}')
+        return False
+    return head.startswith('{') and not re.match(r'\{\s*"(conversations|image|video|id)"', head)
 
 
 def _header_sizes(sample: Sample, where: str, problems: List[str]) -> List[Optional[Tuple[int, int]]]:

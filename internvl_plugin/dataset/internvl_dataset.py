@@ -165,8 +165,11 @@ class InternVL_V1_5_Dataset(Dataset):
         self._source_ids = np.asarray(source_ids, dtype=np.int32)
         self._index = np.concatenate(index_parts) if index_parts else np.zeros(0, np.int64)
         if len(self._index) == 0:
-            raise DataError('the dataset is empty: ' + ', '.join(s.annotation for s in self.sources)
-                            + ' hold no usable samples (or every repeat factor is 0)')
+            files = ', '.join(s.annotation for s in self.sources)
+            if problems:
+                raise DataError(f'the dataset is empty: every sample of {files} is bad ({len(problems)}):\n'
+                                + '\n'.join(problems[:MAX_LISTED_PROBLEMS]))
+            raise DataError(f'the dataset is empty: {files} hold no usable samples (or every repeat factor is 0)')
 
     def _check(self, text: str, source: DataSource) -> Tuple[Optional[Sample], Optional[str]]:
         """The parsed sample and what is wrong with it (None when nothing is)."""

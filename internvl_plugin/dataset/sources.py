@@ -123,7 +123,7 @@ def read_annotation(path: str) -> Iterator[Tuple[int, str]]:
     with open(path, 'rb') as f:
         raw = f.read()
     try:
-        text = raw.decode('utf-8')
+        text = raw.decode('utf-8-sig')
     except UnicodeDecodeError as error:
         line = raw.count(b'\n', 0, error.start) + 1
         column = error.start - (raw.rfind(b'\n', 0, error.start) + 1) + 1
