@@ -301,6 +301,33 @@ def test_cli_reports_one_error_line(tmp_path, tiny_checkpoint):
     assert result.stderr.strip().splitlines()[-1] == f"convert_to_official: error: checkpoint {tmp_path / 'iter_9.pth'} does not exist"
 
 
+def convert_cli(config, checkpoint, out):
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'convert_to_official.py'), str(config),
+                           str(checkpoint), str(out)], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_one_line_for_empty_truncated_and_foreign_files(tmp_path, tiny_checkpoint):
+    base, _, ckpt, config = mlp_only_run(tiny_checkpoint('qwen2'), tmp_path)
+    empty, cut = tmp_path / 'iter_5.pth', tmp_path / 'iter_6.pth'
+    empty.write_bytes(b'')
+    cut.write_bytes(open(ckpt, 'rb').read()[:2000])
+    script = tmp_path / 'train_script.py'
+    script.write_text('print("not a config")\n')
+    broken = tmp_path / 'broken.py'
+    broken.write_text('model = dict(type=\n')
+    cases = [(config, empty, f'{empty}: the file is empty; expected a checkpoint'),
+             (config, cut, f'{cut}: not a readable checkpoint ('),
+             (script, ckpt, f'{script}: not a training config (it defines no model dict)'),
+             (broken, ckpt, f'{broken}: cannot be read as a training config (')]
+    for config_file, checkpoint, expected in cases:
+        result = convert_cli(config_file, checkpoint, tmp_path / 'out')
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and lines[-1].startswith(f'convert_to_official: error: {expected}'), \
+            result.stderr[-1500:]
+        assert 'Traceback' not in result.stderr
+    assert not (tmp_path / 'out').exists()
+
+
 class _RunsCode:
     """What a crafted checkpoint holds: unpickling it calls a function of the file's choosing."""
 

@@ -24,7 +24,7 @@ def main() -> int:
         summary = convert_checkpoint(args.config, args.checkpoint, args.save_dir, fmt=args.format,
                                      dtype=parse_dtype(args.dtype), overwrite=args.overwrite,
                                      max_shard_bytes=int(args.max_shard_size_gb * 1024 ** 3))
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as error:
+    except (OSError, ValueError) as error:  # bad input, an occupied or read-only output, a full disk
         print(f'convert_to_official: error: {error}', file=sys.stderr)
         return 1
     print(f"loaded {summary['trained_tensors']} trained tensors from {args.checkpoint}")

@@ -47,7 +47,16 @@ def convert_checkpoint(config_path: str, checkpoint: str, save_dir: str, fmt: st
     from mmengine.config import Config
     if fmt not in FORMATS:
         raise ValueError(f"format '{fmt}' is not one of {FORMATS}")
-    cfg = Config.fromfile(config_path)
+    try:
+        cfg = Config.fromfile(config_path)
+    except (OSError, ValueError):
+        raise
+    except Exception as error:  # the file is Python that MMEngine could not run as a config
+        raise ValueError(f'{config_path}: cannot be read as a training config ({type(error).__name__}: {error})') \
+            from None
+    if 'model' not in cfg or not isinstance(cfg.model, dict):
+        raise ValueError(f'{config_path}: not a training config (it defines no model dict); give the config the '
+                         'run used, e.g. the copy xtuner train saved into the work dir')
     trained = load_trained_state(checkpoint)
     model = build_model_for_export(cfg, dtype)
     apply_trained_state(model, trained, f'{checkpoint} (loaded for {config_path})')

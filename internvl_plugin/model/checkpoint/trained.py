@@ -3,6 +3,8 @@ without running code from the files (safe_pickle)."""
 import contextlib
 import glob
 import os
+import pickle
+import zipfile
 from typing import Dict, Iterator, List, Optional
 
 import torch
@@ -69,7 +71,7 @@ def _load_deepspeed_folder(path: str) -> StateDict:
     tag_dir = _chosen_folder(path, folders)
     whole = os.path.join(tag_dir, _DEEPSPEED_MODEL_STATES)
     if os.path.isfile(whole):
-        return dict(safe_pickle.torch_load(whole)['module'])
+        return dict(_readable(whole)['module'])
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     with _torch_load_through_safe_pickle():
         return dict(get_fp32_state_dict_from_zero_checkpoint(
@@ -92,6 +94,18 @@ def _torch_load_through_safe_pickle() -> Iterator[None]:
         torch.load = original
 
 
+def _readable(path: str) -> object:
+    """The unpickled file, or one line saying it is not a checkpoint (empty, cut short, another kind of file)."""
+    if os.path.getsize(path) == 0:
+        raise ValueError(f'{path}: the file is empty; expected a checkpoint (was its save interrupted?)')
+    try:
+        return safe_pickle.torch_load(path)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f'{path}: not a readable checkpoint ({reason}); expected an mmengine iter_xxx.pth or '
+                         'DeepSpeed model states (was the save interrupted or the file cut short?)') from None
+
+
 def load_trained_state(path: str) -> StateDict:
     """The trained tensors of a checkpoint: an mmengine .pth file or a DeepSpeed folder (ZeRO-1/2/3)."""
     if os.path.isdir(path):
@@ -100,7 +114,7 @@ def load_trained_state(path: str) -> StateDict:
         raise FileNotFoundError(f'checkpoint {path} does not exist')
     # mmengine checkpoints pickle training state (message hub, history buffers) beside the weights; safe_pickle
     # withholds whatever needs code to build, and the weights never do.
-    checkpoint = safe_pickle.torch_load(path)
+    checkpoint = _readable(path)
     if not isinstance(checkpoint, dict):
         raise ValueError(f'{path}: expected a checkpoint dict, found {type(checkpoint).__name__}')
     state = checkpoint.get('state_dict', checkpoint.get('module', checkpoint))
