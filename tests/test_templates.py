@@ -178,3 +178,33 @@ def test_an_xtuner_prompt_template_dict_is_refused_with_the_way_out():
     xtuner_internlm2_chat = {'SYSTEM': '<|im_start|>system\n{system}<|im_end|>\n', 'SUFFIX': '<|im_end|>'}
     with pytest.raises(ValueError, match=r"XTuner PROMPT_TEMPLATE dict.*pass a name such as 'internlm2-chat'"):
         get_template(xtuner_internlm2_chat)
+
+
+def merging_tokenizer():
+    """Bytes plus one merge, '\\n\\n' (Qwen's vocabulary has it), without pre-tokenisation: an answer opening with
+    a newline merges with the newline that ends the prompt."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from internvl_plugin.files import INTERNVL_SPECIAL_TOKENS
+    special = ['<|endoftext|>', '<|im_start|>', '<|im_end|>'] + INTERNVL_SPECIAL_TOKENS
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=len(alphabet) + len(special) + 1, special_tokens=special,
+                                  show_progress=False, initial_alphabet=alphabet)
+    backend.train_from_iterator(['\n\n\n\n'] * 50, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token='<|im_end|>', pad_token='<|endoftext|>',
+                                   additional_special_tokens=special[1:])
+
+
+def test_a_token_merging_prompt_and_answer_is_not_supervised_as_in_the_official_labels():
+    tokenizer = merging_tokenizer()
+    turns = [Turn('human', 'Hi'), Turn('gpt', '\nA red circle.')]
+    fast = TemplateEncoder(get_template('internvl2_5'), tokenizer).encode('sys', turns, [])
+    slow = TemplateEncoder(get_template('internvl2_5'), _SlowView(tokenizer)).encode('sys', turns, [])
+    tokens = tokenizer.convert_ids_to_tokens(fast.input_ids)
+    merged = tokens.index('ĊĊ')  # the prompt's last newline and the answer's first
+    assert fast.labels[merged] == IGNORE_INDEX and fast.labels[merged + 1] != IGNORE_INDEX
+    assert fast.labels == slow.labels  # the official counting: the prompt's tokens, merged one included, are masked

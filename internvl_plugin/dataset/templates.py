@@ -129,7 +129,9 @@ class TemplateEncoder:
         return self._widen_images(ids, labels, image_tokens)
 
     def _tokenize(self, pieces: Sequence[Tuple[str, bool]], add_special_tokens: bool) -> Tuple[List[int], List[int]]:
-        """Ids of the joined pieces; labels on the tokens that overlap a supervised piece."""
+        """Ids of the joined pieces; labels on the tokens that start inside a supervised piece. A token that
+        merges the end of the prompt with the start of the answer (e.g. Qwen's '\\n\\n' for an answer opening
+        with a newline) starts in the prompt and stays unsupervised, as the official code's labels have it."""
         text = ''.join(piece for piece, _ in pieces)
         spans, position = [], 0
         for piece, supervised in pieces:
@@ -139,7 +141,7 @@ class TemplateEncoder:
         if getattr(self.tokenizer, 'is_fast', False):
             encoded = self.tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
             ids, offsets = encoded['input_ids'], encoded['offset_mapping']
-            labels = [token if any(a < b and a < end and b > start for start, end in spans) else IGNORE_INDEX
+            labels = [token if any(a < b and start <= a < end for start, end in spans) else IGNORE_INDEX
                       for token, (a, b) in zip(ids, offsets)]
             return ids, labels
         # Slow tokenizers give no offsets: count the tokens of the text before each span boundary.
