@@ -1,11 +1,11 @@
-"""What xtuner 0.2.0 and mmengine 0.10 import that transformers 5 and deepspeed >= 0.19.7 no longer have.
+"""What xtuner 0.2.0 and mmengine 0.10 need that transformers 5, deepspeed >= 0.19.7 and torch >= 2.6 took away.
 
 xtuner gets no more releases, so `xtuner train` cannot import its own tools on transformers 5. The package installs
-`internvl_plugin_bridge.pth`, which runs `install()` when any Python of the environment starts; that only appends a
-finder to `sys.meta_path` (standard library only, no import of torch or transformers). The finder acts twice:
+`internvl_plugin_bridge.pth`, which runs `install()` when any Python of the environment starts; that only adds
+three finders to `sys.meta_path` (standard library only, no import of torch or transformers). They act:
 
-- when `xtuner` is first imported, before any of its code runs, it adds each name of `TRANSFORMERS_NAMES` that the
-  installed transformers lacks (on transformers 4.x every name is there and nothing is added);
+- when `xtuner` is first imported, before any of its code runs: each name of `TRANSFORMERS_NAMES` that the
+  installed transformers lacks is added (on xtuner's own pin, 4.48, every name is there and nothing is added);
 - when `deepspeed.runtime.fp16.onebit` (the 1-bit optimizers, removed in deepspeed 0.19.7) is imported and
   deepspeed has no such module, it serves one whose optimizers refuse to be built with a line saying why: mmengine's
   DeepSpeed strategy imports them to register their names, and no InternVL recipe uses them;
@@ -88,9 +88,12 @@ class _OnebitLoader(importlib.abc.Loader):
 class _XtunerTrigger(importlib.abc.MetaPathFinder):
     """First on sys.meta_path: adds the names the first time `xtuner` is looked up, before any finder loads it."""
 
+    def __init__(self) -> None:
+        self.done = False
+
     def find_spec(self, fullname, path=None, target=None):
-        if fullname == 'xtuner':
-            sys.meta_path.remove(self)
+        if fullname == 'xtuner' and not self.done:
+            self.done = True
             add_missing_transformers_names()
         return None
 
