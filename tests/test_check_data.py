@@ -122,3 +122,22 @@ def test_a_dataset_whose_every_line_is_bad_lists_the_problems(tiny_checkpoint, t
     assert result.returncode == 1
     assert 'the dataset is empty: every sample of' in result.stderr and 'is bad (2)' in result.stderr
     assert f'{path}:1: invalid JSON' in result.stderr and f'{path}:2: 1 <image> placeholder(s)' in result.stderr
+
+
+def test_write_length_keeps_line_structure_mode_and_symlinks(tiny_checkpoint, tmp_path):
+    records = [json.dumps(qa('Hello', 'Hi')), json.dumps(qa('How are you?', 'Fine.'))]
+    target = tmp_path / 'store' / 'a.jsonl'
+    target.parent.mkdir()
+    target.write_bytes(('\ufeff' + records[0] + '\r\n\r\n' + records[1] + '\r\n').encode('utf-8'))
+    os.chmod(target, 0o664)
+    link = tmp_path / 'a.jsonl'
+    link.symlink_to(target)
+    result = run_tool(link, '--model-path', tiny_checkpoint(), '--write-length')
+    assert result.returncode == 0, result.stderr
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert oct(os.stat(target).st_mode & 0o777) == '0o664'
+    raw = target.read_bytes().decode('utf-8')
+    assert raw.startswith('\ufeff') and raw.count('\r\n') == 3 and '\r\n\r\n' in raw
+    lines = [line for line in raw.lstrip('\ufeff').split('\r\n') if line]
+    assert [json.loads(line)['length'] > 0 for line in lines] == [True, True]
+    assert not [name for name in os.listdir(target.parent) if name.endswith('.tmp')]

@@ -3,6 +3,7 @@ import json
 import os
 import random
 import re
+import stat
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -150,25 +151,30 @@ def format_report(report: DataReport) -> str:
 
 
 def write_lengths(report: DataReport) -> List[str]:
-    """Writes each usable line's total token count as its `length` field, atomically per file."""
+    """Writes each usable line's total token count as its `length` field, atomically per file. Only those records
+    change: line endings (CRLF too), blank lines and everything between records stay as they were, and so do the
+    file's mode and, for a symbolic link, the link (its target is written)."""
     written = []
     for source in report.sources:
         if not source.lengths:
             continue
-        records = []
+        path = os.path.realpath(source.annotation)
+        with open(path, encoding='utf-8', newline='') as f:
+            content = f.read()
+        pieces, cursor = [], 0
         for number, text in read_annotation(source.annotation):
-            if number in source.lengths:
-                record = json.loads(text)
-                record['length'] = source.lengths[number]
-                text = json.dumps(record, ensure_ascii=False)
-            records.append(text)
-        if source.annotation.endswith('.json'):
-            content = '[\n' + ',\n'.join(records) + '\n]\n'
-        else:
-            content = '\n'.join(records) + '\n'
-        folder = os.path.dirname(os.path.abspath(source.annotation))
-        with tempfile.NamedTemporaryFile('w', encoding='utf-8', dir=folder, delete=False, suffix='.tmp') as f:
-            f.write(content)
-        os.replace(f.name, source.annotation)
+            if number not in source.lengths:
+                continue
+            record = json.loads(text)
+            record['length'] = source.lengths[number]
+            start = content.index(text.rstrip('\r'), cursor)  # the record as written (a BOM stays before it)
+            pieces += [content[cursor:start], json.dumps(record, ensure_ascii=False)]
+            cursor = start + len(text.rstrip('\r'))
+        pieces.append(content[cursor:])
+        with tempfile.NamedTemporaryFile('w', encoding='utf-8', dir=os.path.dirname(path), delete=False,
+                                         suffix='.tmp', newline='') as f:
+            f.write(''.join(pieces))
+        os.chmod(f.name, stat.S_IMODE(os.stat(path).st_mode))
+        os.replace(f.name, path)
         written.append(source.annotation)
     return written
