@@ -7,35 +7,27 @@ checkpoint a run resumes from unpickle fully: xtuner's seed read of the `--resum
 keeps torch's default. `internvl_plugin_bridge` applies `trust_resume_reads` when xtuner's train tool loads its
 helpers, so it holds for every config, the one xtuner saves into the work dir included.
 """
-import contextlib
 import functools
 import os
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager, Dict
 
-import torch
+from .model.checkpoint.safe_pickle import torch_load_arguments
 
 _MARK = '__internvl_trusts_its_checkpoint__'
 
 
-@contextlib.contextmanager
-def trusting(checkpoint: str) -> Iterator[None]:
+def trusting(checkpoint: str) -> ContextManager[None]:
     """Within the block, torch.load reads `checkpoint` (a file, or a DeepSpeed folder and what it holds) with
     weights_only=False; any other path keeps torch's default."""
-    original = torch.load
     trusted = os.path.realpath(checkpoint)
 
-    def load(f: Any, *args: Any, **kwargs: Any) -> Any:
+    def adjust(f: Any, kwargs: Dict[str, Any]) -> None:
         if isinstance(f, (str, os.PathLike)):
             path = os.path.realpath(f)
             if path == trusted or path.startswith(trusted + os.sep):
                 kwargs['weights_only'] = False
-        return original(f, *args, **kwargs)
 
-    torch.load = load
-    try:
-        yield
-    finally:
-        torch.load = original
+    return torch_load_arguments(adjust)
 
 
 def trusting_its_path(read: Callable, position: int, name: str) -> Callable:

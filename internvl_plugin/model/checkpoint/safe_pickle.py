@@ -8,9 +8,10 @@ needs the tensors, so this loader calls only what `weights_only` allows (tensor 
 containers) and puts an inert `Withheld` object wherever the file asks for anything else. Nothing of the file's
 choosing runs; the weights come out whole. Used as `torch.load(..., pickle_module=safe_pickle)`.
 """
+import contextlib
 import importlib
 import pickle
-from typing import Any, Dict
+from typing import Any, Callable, Dict, Iterator
 
 import torch
 
@@ -66,6 +67,23 @@ class Unpickler(pickle.Unpickler):
 
 def load(file: Any, **kwargs: Any) -> Any:
     return Unpickler(file, **kwargs).load()
+
+
+@contextlib.contextmanager
+def torch_load_arguments(adjust: Callable[[Any, Dict[str, Any]], None]) -> Iterator[None]:
+    """Within the block, every torch.load call gets its keyword arguments through `adjust(file, kwargs)` first:
+    how code that calls torch.load itself (DeepSpeed, mmengine) is made to load the way a caller needs."""
+    original = torch.load
+
+    def load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        adjust(f, kwargs)
+        return original(f, *args, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
 
 
 def torch_load(path: str) -> Any:

@@ -1,11 +1,10 @@
 """Trained state saved during training (mmengine `iter_xxx.pth` files or DeepSpeed checkpoint folders), read
 without running code from the files (safe_pickle)."""
-import contextlib
 import glob
 import os
 import pickle
 import zipfile
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
@@ -73,25 +72,14 @@ def _load_deepspeed_folder(path: str) -> StateDict:
     if os.path.isfile(whole):
         return dict(_readable(whole)['module'])
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    with _torch_load_through_safe_pickle():
+    with safe_pickle.torch_load_arguments(_through_safe_pickle):
         return dict(get_fp32_state_dict_from_zero_checkpoint(
             os.path.dirname(tag_dir), tag=os.path.basename(tag_dir), exclude_frozen_parameters=True))
 
 
-@contextlib.contextmanager
-def _torch_load_through_safe_pickle() -> Iterator[None]:
-    """DeepSpeed's zero_to_fp32 reads its files with torch.load(weights_only=False); route them through safe_pickle."""
-    original = torch.load
-
-    def load(f, map_location=None, **kwargs):
-        kwargs.update(weights_only=False, pickle_module=safe_pickle)
-        return original(f, map_location=map_location, **kwargs)
-
-    torch.load = load
-    try:
-        yield
-    finally:
-        torch.load = original
+def _through_safe_pickle(f: object, kwargs: dict) -> None:
+    """DeepSpeed's zero_to_fp32 reads its files with torch.load(weights_only=False): route them through safe_pickle."""
+    kwargs.update(weights_only=False, pickle_module=safe_pickle)
 
 
 def _readable(path: str) -> object:
