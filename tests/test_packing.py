@@ -1,3 +1,4 @@
+import logging
 import random
 
 import pytest
@@ -7,6 +8,7 @@ from conftest import needs_cpu_4bit
 from mmengine.config import Config
 from mmengine.config.lazy import LazyObject
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from helpers import qa, save_image, write_jsonl
 from test_configs import CONFIG_DIR, _build_and_step
 from xtuner.dataset.samplers import LengthGroupedSampler
 
@@ -25,6 +27,35 @@ def test_plan_puts_every_sample_in_one_pack_within_both_budgets():
     assert all(sum(tokens[i] for i in pack) <= 8192 and sum(tiles[i] for i in pack) <= 48 for pack in packs)
     fill = sum(tokens) / (len(packs) * 8192)
     assert fill > 0.97, fill  # best-fit decreasing leaves packs nearly full
+
+
+def _best_fit_by_scanning(tokens, tiles, max_tokens, max_tiles):
+    """The rule spelled out: longest first, into the open pack with the fewest free tokens that has room (ties: the
+    least tile room, then the oldest pack)."""
+    packs, free, room = [], [], []
+    for index in sorted(range(len(tokens)), key=lambda i: -tokens[i]):
+        fitting = [p for p in range(len(packs)) if free[p] >= tokens[index] and room[p] >= tiles[index]]
+        if not fitting:
+            packs.append([index])
+            free.append(max_tokens - tokens[index])
+            room.append(max_tiles - tiles[index])
+            continue
+        best = min(fitting, key=lambda p: (free[p], room[p], p))
+        packs[best].append(index)
+        free[best] -= tokens[index]
+        room[best] -= tiles[index]
+    return packs
+
+
+def test_the_tree_planner_makes_the_packs_a_full_scan_makes_when_the_tile_budget_binds():
+    rng = random.Random(1)
+    for _ in range(100):
+        max_tokens, max_tiles = rng.choice([100, 1000, 4096]), rng.choice([4, 16, 48])
+        count = rng.randint(1, 60)
+        tokens = [rng.randint(1, max_tokens) for _ in range(count)]
+        tiles = [rng.randint(0, max_tiles) for _ in range(count)]
+        assert plan_packs(tokens, tiles, max_tokens, max_tiles) == \
+            _best_fit_by_scanning(tokens, tiles, max_tokens, max_tiles)
 
 
 def test_a_sample_larger_than_the_budget_is_named():
@@ -212,3 +243,32 @@ def test_packed_sdpa_rows_build_no_square_mask_and_fail_loudly_without_per_sampl
     monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, 'sdpa', per_sample.wraps_sdpa)
     with pytest.raises(RuntimeError, match='must match the size'):
         model(**batch, mode='loss')
+
+
+def test_a_pack_whose_samples_outgrow_their_estimates_trains_every_sample_in_more_rows(tmp_path, tiny_checkpoint,
+                                                                                       caplog):
+    """Nine lines claim 10 tokens and a 10x10 image, so the plan makes one pack; each is really a 896x896 image
+    (4 tiles + thumbnail, 1,319 tokens). The pack goes as rows that each fit both budgets, and each line
+    is named once with its real size."""
+    image = save_image(tmp_path / 'big.png', 896, 896)
+    data = write_jsonl(tmp_path / 'data.jsonl', [qa(image=image, width=10, height=10, length=10, id=i)
+                                                  for i in range(9)])
+    dataset = InternVL_V1_5_Dataset(model_path=tiny_checkpoint('qwen2'), data_paths=[data], max_length=4096,
+                                    max_dynamic_patch=4)
+    packed = PackedDataset(dataset, max_packed_tokens=4096, max_packed_tiles=16)
+    assert packed.packs == [list(range(9))]
+    with caplog.at_level(logging.WARNING, logger='internvl_plugin'):
+        item, again = packed[0], packed[0]
+    rows = item['rows']
+    assert [len(row['sample_lengths']) for row in rows] == [3, 3, 3]
+    assert all(len(row['input_ids']) <= 4096 and len(row['pixel_values']) <= 16 for row in rows)
+    assert torch.equal(torch.cat([row['input_ids'] for row in rows]),
+                       torch.cat([dataset[i]['input_ids'] for i in range(9)]))
+    messages = [record.getMessage() for record in caplog.records if record.name == 'internvl_plugin']
+    assert len(messages) == 9 and len({message.split(': ')[0] for message in messages}) == 9
+    assert messages[0].startswith(f'{data}:1: planned as 10 tokens and 1 tiles')
+    assert 'it is 1319 tokens and 5 tiles; pack 0 outgrew the 4096-token / 16-tile budget and trains as 3 rows' \
+        in messages[0]
+    batch = internvl_collate_fn([item, packed[0]])['data']
+    assert batch['input_ids'].shape[0] == 6 and int(batch['segment_ids'].max()) == 3
+    assert batch['pixel_values'].shape[0] == 90

@@ -1,5 +1,7 @@
 """Batching: the contract between the dataset and the model.
 
+An instance holding `rows` (a pack split because its samples outgrew their estimates) gives one batch row each.
+
 `internvl_collate_fn` returns {'data': {...}, 'data_samples': None} (MMEngine's model input) with
   input_ids      (B, L) long, right-padded with the tokenizer's pad id
   labels         (B, L) long, -100 on padding and on everything that is not an answer
@@ -21,6 +23,7 @@ from .templates import IGNORE_INDEX
 def internvl_collate_fn(instances: List[Dict[str, Any]], pad_token_id: Optional[int] = None) -> Dict[str, Any]:
     if not instances:
         raise ValueError('internvl_collate_fn got an empty batch')
+    instances = [row for instance in instances for row in instance.get('rows', [instance])]
     if pad_token_id is None:
         pad_ids = {instance['pad_token_id'] for instance in instances}
         if len(pad_ids) != 1:

@@ -272,21 +272,26 @@ class InternVL_V1_5_Dataset(Dataset):
         return int(self._line_numbers[line])
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
+        return self.fetch(index)[1]
+
+    def fetch(self, index: int) -> Tuple[int, Dict[str, Any]]:
+        """The sample at `index`, or the next loadable one standing in for it, with the index it came from."""
         for attempt in range(len(self)):
             position = (index + attempt) % len(self)
             try:
-                return self.load(position)
+                return position, self.load(position)
             except SampleError as error:
                 message = f'{self.where(position)}: {error}'
                 if not self.skip_bad_samples:
                     raise DataError(message + ' (pass skip_bad_samples=True to use the next sample instead)') from None
-                self._warn_once(position, f'{message}; using the next sample instead')
+                self.warn_once(position, f'{message}; using the next sample instead')
             except SampleDropped as dropped:
-                self._warn_once(position, f'{self.where(position)}: {dropped}; using the next sample instead')
+                self.warn_once(position, f'{self.where(position)}: {dropped}; using the next sample instead')
         raise DataError(f'no sample of the {len(self)} could be loaded')
 
-    def _warn_once(self, position: int, message: str) -> None:
-        line = int(self._index[position])
+    def warn_once(self, index: int, message: str) -> None:
+        """Logs `message` for the sample at `index` unless its annotation line already had a warning."""
+        line = int(self._index[index])
         if line not in self._warned:
             self._warned.add(line)
             logger.warning(message)
