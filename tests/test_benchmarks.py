@@ -53,3 +53,15 @@ def test_loss_logits_reports_equal_losses_and_the_ratios():
     assert every.group(1) == ours.group(1)
     found = re.fullmatch(r'every token / where supervised: ([\d.]+)x time, ([\d.]+)x memory', lines[-1])
     assert found and float(found.group(2)) > 1, lines[-1]
+
+
+def test_data_build_counts_lengths_in_workers_plans_packs_and_fails_early_on_data_that_cannot_fit():
+    """9,000 lines make three tasks of lines, so the worker row really forks."""
+    lines = run_benchmark('data_build.py', '--lines', '9000', '--workers', '2').splitlines()
+    assert lines[-8].startswith('9,000 lines, 9,000 samples (qwen2 tiny tokenizer)')
+    assert re.fullmatch(r'lengths, 2 worker processes: +[\d.]+ s +[\d,]+ lines/s +[\d.]+x', lines[-5]), lines[-5]
+    packs = re.fullmatch(r'packing plan \(([\d,]+) packs, ([\d.]+) of 48 tiles each\): +[\d.]+ s', lines[-4])
+    assert packs and float(packs.group(2)) > 47, lines[-4]
+    assert re.fullmatch(r'images alone over max_length \(64\): fails at build after [\d.]+ s', lines[-2])
+    assert re.fullmatch(r'every sample dropped at load \(max_length 260\): fails at first item after [\d.]+ s',
+                        lines[-1])

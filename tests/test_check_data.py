@@ -8,7 +8,7 @@ import pytest
 from helpers import qa, save_image, write_jsonl
 
 from internvl_plugin import InternVL_V1_5_Dataset
-from internvl_plugin.dataset.check import check_dataset, dataset_kwargs
+from internvl_plugin.dataset.check import check_dataset, dataset_kwargs, write_lengths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -141,3 +141,32 @@ def test_write_length_keeps_line_structure_mode_and_symlinks(tiny_checkpoint, tm
     lines = [line for line in raw.lstrip('\ufeff').split('\r\n') if line]
     assert [json.loads(line)['length'] > 0 for line in lines] == [True, True]
     assert not [name for name in os.listdir(target.parent) if name.endswith('.tmp')]
+
+
+def test_written_lengths_name_their_settings_and_the_dataset_counts_stale_ones_again(tiny_checkpoint, tmp_path,
+                                                                                     caplog):
+    save_image(tmp_path / 'wide.png', 1800, 450)
+    path = write_jsonl(tmp_path / 'a.jsonl', [qa(image='wide.png'), qa('Hello', 'Hi'), qa(image='wide.png')])
+    kwargs = dict(model_path=tiny_checkpoint(), data_paths=[path], max_dynamic_patch=6)
+    write_lengths(check_dataset(kwargs))
+    records = [json.loads(line) for line in open(path)]
+    settings = InternVL_V1_5_Dataset(**kwargs).length_settings(InternVL_V1_5_Dataset(**kwargs).sources[0])
+    assert settings.startswith('internvl2_5 tokenizer ') and settings.endswith('448px x0.5 tiles 1-6 + thumbnail, '
+                                                                                '32 frames')
+    assert [record['length_for'] for record in records] == [settings] * 3
+    written = [record['length'] for record in records]
+
+    records[0]['length'] = 777       # a count for these very settings is taken as it is
+    write_jsonl(path, records)
+    assert InternVL_V1_5_Dataset(**kwargs).modality_length == [777, -written[1], written[2]]
+
+    fewer_tiles = {**kwargs, 'max_dynamic_patch': 2}
+    expected = InternVL_V1_5_Dataset(**{**fewer_tiles, 'data_paths': [write_jsonl(
+        tmp_path / 'plain.jsonl', [qa(image='wide.png'), qa('Hello', 'Hi'), qa(image='wide.png')])]}).modality_length
+    with caplog.at_level('WARNING', logger='internvl_plugin'):
+        recounted = InternVL_V1_5_Dataset(**fewer_tiles).modality_length
+    assert recounted == expected and expected[0] < written[0]
+    assert [record.getMessage() for record in caplog.records if record.name == 'internvl_plugin'] == [
+        f'{path}: 3 line(s) carry a "length" written for other settings (the first: line 1); they are counted '
+        f'again for "{settings.replace("tiles 1-6", "tiles 1-2")}". Run tools/check_data.py --write-length to '
+        'store the new ones']

@@ -87,6 +87,7 @@ def test_config_follows_the_official_recipe(path):
     assert (per_gpu, accumulate) == (cfg.batch_size, cfg.accumulative_counts) and gpus * per_gpu * accumulate == total
     assert total == (512 if path.endswith(V1_2) else 128 if mode == 'full' else 16)
     assert cfg.train_dataloader.sampler.per_device_batch_size == cfg.batch_size * cfg.accumulative_counts
+    assert cfg.train_dataloader.dataset.length_workers == cfg.train_dataloader.num_workers   # lengths in parallel
     stages = set(re.findall(r'--deepspeed deepspeed_zero(\d)', text))
     expected = '2' if mode == 'qlora' else '1' if billions <= 8 else '3'
     assert stages == {expected}

@@ -11,7 +11,8 @@ from helpers import qa, save_image, write_jsonl
 from PIL import Image
 
 from internvl_plugin import InternVL_V1_5, InternVL_V1_5_Dataset, internvl_collate_fn
-from internvl_plugin.dataset.sources import repeat_indices
+from internvl_plugin.dataset.internvl_dataset import LINES_PER_TASK
+from internvl_plugin.dataset.sources import DataError, repeat_indices
 
 CONTEXT = '<IMG_CONTEXT>'
 
@@ -287,3 +288,57 @@ def test_xtuners_length_grouped_sampler_keeps_modalities_apart(tiny_checkpoint, 
     for start in range(0, 16, 4):
         kinds = {ds.modality_length[i] > 0 for i in order[start:start + 4]}
         assert len(kinds) == 1, order
+
+
+def test_lengths_counted_in_several_processes_equal_those_counted_in_one(tiny_checkpoint, tmp_path, capfd):
+    """Over two tasks of lines (LINES_PER_TASK each) with images, text, sizes and lengths, the forked workers
+    give the same estimates, and the tokenizer warns of no fork."""
+    save_image(tmp_path / 'wide.png', 1800, 450)
+    records = [qa(image='wide.png', width=1800, height=450) if i % 3 == 0 else
+               qa('Hello ' * (1 + i % 50), 'Hi', length=40 + i) if i % 3 == 1 else qa(f'Question {i}?', 'An answer.')
+               for i in range(LINES_PER_TASK + 500)]
+    kwargs = dict(model_path=tiny_checkpoint(), data_paths=[write_jsonl(tmp_path / 'a.jsonl', records)])
+    one = InternVL_V1_5_Dataset(**kwargs, length_workers=1)
+    several = InternVL_V1_5_Dataset(**kwargs, length_workers=3)
+    assert several.modality_length == one.modality_length and several.tile_counts == one.tile_counts
+    assert one.modality_length[:3] == [one.modality_length[0], -41, one.modality_length[2]]
+    assert one.modality_length[0] > 0 and one.tile_counts[:3] == [5, 0, 0]
+    assert 'fork' not in capfd.readouterr().err
+
+
+def test_a_dataset_whose_every_sample_is_too_long_fails_after_loading_each_once(tiny_checkpoint, tmp_path,
+                                                                                 monkeypatch):
+    save_image(tmp_path / 'square.png', 448, 448)
+    path = write_jsonl(tmp_path / 'a.jsonl', [qa(image='square.png', id=i) for i in range(30)])
+    dataset = InternVL_V1_5_Dataset(model_path=tiny_checkpoint(), data_paths=[path], max_length=260)
+    loads = []
+    original = dataset.load
+    monkeypatch.setattr(dataset, 'load', lambda index, rng=None: loads.append(index) or original(index, rng))
+    for index in range(len(dataset)):
+        with pytest.raises(DataError, match=rf'^none of the 30 samples can be loaded: each is bad or cannot fit '
+                                            rf'max_length 260; the first: {path}:1: 2\d\d tokens with an image'):
+            dataset[index]
+    assert sorted(loads) == list(range(30))
+
+
+def test_warnings_stop_after_twenty_lines_with_one_that_says_so(tiny_checkpoint, tmp_path, caplog):
+    save_image(tmp_path / 'square.png', 448, 448)
+    path = write_jsonl(tmp_path / 'a.jsonl', [qa(image='square.png', id=i) for i in range(30)] + [qa('Hi', 'Hello')])
+    dataset = InternVL_V1_5_Dataset(model_path=tiny_checkpoint(), data_paths=[path], max_length=100)
+    with caplog.at_level(logging.WARNING, logger='internvl_plugin'):
+        items = [dataset[index] for index in range(len(dataset))]
+    assert all(len(item['pixel_values']) == 0 for item in items)   # the text sample stands in for each
+    messages = [record.getMessage() for record in caplog.records if record.name == 'internvl_plugin']
+    assert len(messages) == 21 and messages[0].startswith(f'{path}:1: ') and messages[19].startswith(f'{path}:20: ')
+    assert messages[20] == ('more than 20 samples of this dataset had warnings; the rest are left out '
+                            '(tools/check_data.py lists every problem)')
+
+
+def test_a_dataset_whose_images_alone_exceed_max_length_fails_at_build(tiny_checkpoint, tmp_path):
+    save_image(tmp_path / 'square.png', 448, 448)
+    path = write_jsonl(tmp_path / 'a.jsonl', [qa('<image>\n<image>\nSame?', 'Yes.', image=['square.png'] * 2)] +
+                       [qa(image='square.png', id=i) for i in range(5)])
+    with pytest.raises(DataError, match=rf'^no sample fits max_length 200: the images of each take more tokens \(at '
+                                        rf'least one tile of 256 tokens each\); the least, {path}:2, needs 258. '
+                                        'Raise max_length$'):
+        InternVL_V1_5_Dataset(model_path=tiny_checkpoint(), data_paths=[path], max_length=200)

@@ -62,7 +62,7 @@ train_dataloader = dict(
     # The LLM's tokenizer with the InternVL special tokens added (as the model adds them).
     dataset=dict(type=InternVL_V1_5_Dataset, tokenizer=llm_path, template=template, meta_path=meta_path,
                  max_length=max_length, image_size=448, downsample_ratio=0.5, dynamic_image_size=False,
-                 use_thumbnail=False),
+                 use_thumbnail=False, length_workers=dataloader_num_workers),
     sampler=dict(type=LengthGroupedSampler, length_property='modality_length',
                  per_device_batch_size=batch_size * accumulative_counts),
     collate_fn=dict(type=internvl_collate_fn),

@@ -33,6 +33,7 @@ class SourceReport:
     image: List[int] = field(default_factory=list)
     total: List[int] = field(default_factory=list)
     lengths: Dict[int, int] = field(default_factory=dict)   # annotation line -> total tokens
+    length_for: str = ''                                    # the settings those counts hold for
 
 
 @dataclass
@@ -103,7 +104,9 @@ def check_dataset(dataset_kwargs: Dict[str, Any], decode: bool = False) -> DataR
     """
     dataset = InternVL_V1_5_Dataset(**{**dataset_kwargs, 'skip_bad_samples': True})
     problems = list(dataset.skipped_problems)
-    reports = {source.annotation: SourceReport(source.name, source.annotation) for source in dataset.sources}
+    reports = {source.annotation: SourceReport(source.name, source.annotation,
+                                               length_for=dataset.length_settings(source))
+               for source in dataset.sources}
     report = DataReport(list(reports.values()), problems, dataset.max_length)
     sizes = (lambda line, sample: _header_sizes(sample, dataset.where_line(line), problems))
     for row in dataset.scan(image_sizes=sizes, count_known_lengths=True):
@@ -151,9 +154,10 @@ def format_report(report: DataReport) -> str:
 
 
 def write_lengths(report: DataReport) -> List[str]:
-    """Writes each usable line's total token count as its `length` field, atomically per file. Only those records
-    change: line endings (CRLF too), blank lines and everything between records stay as they were, and so do the
-    file's mode and, for a symbolic link, the link (its target is written)."""
+    """Writes each usable line's total token count as its `length` field and the settings it was counted for as
+    `length_for` (the dataset counts a line again when they are not its own), atomically per file. Only those
+    records change: line endings (CRLF too), blank lines and everything between records stay as they were, and so
+    do the file's mode and, for a symbolic link, the link (its target is written)."""
     written = []
     for source in report.sources:
         if not source.lengths:
@@ -167,6 +171,7 @@ def write_lengths(report: DataReport) -> List[str]:
                 continue
             record = json.loads(text)
             record['length'] = source.lengths[number]
+            record['length_for'] = source.length_for
             start = content.index(text.rstrip('\r'), cursor)  # the record as written (a BOM stays before it)
             pieces += [content[cursor:start], json.dumps(record, ensure_ascii=False)]
             cursor = start + len(text.rstrip('\r'))

@@ -4,6 +4,7 @@ Over-long samples: a sample longer than `max_length` loses only text after its l
 longer fit); if the cut would fall inside an image span, or leave no supervised token, the sample is dropped and
 the next one in order takes its place, with a warning naming file:line. Images are never cut.
 """
+import hashlib
 import logging
 import os
 import random
@@ -17,14 +18,18 @@ from torch.utils.data import Dataset
 
 from ..files import build_from_config, load_tokenizer, read_json, resolve_model_path
 from .image import ImageSettings, TileLimits, jpeg_recompress, resize_tile
+from .parallel import default_workers, map_in_processes
 from .samples import Sample, SampleError, expand_video, media_outside_root, missing_media, parse_sample
 from .sources import (DataError, DataSource, LineStore, check_setting, read_annotation, read_meta, repeat_indices,
                       xtuner_sources)
+from ..template_names import official_template_name
 from .templates import IGNORE_INDEX, IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, Encoded, TemplateEncoder, Turn, get_template
 from .video import open_video, sample_frame_indices
 
 logger = logging.getLogger('internvl_plugin')
 MAX_LISTED_PROBLEMS = 20
+LINES_PER_TASK = 4096                 # annotation lines a length worker takes at a time
+TOKENIZER_PROBE = 'InternVL 2.5: 你好, world!\n  <img></img> 12345 ümlaut'
 
 
 @dataclass
@@ -36,6 +41,8 @@ class ScanRow:
     text_tokens: int
     image_tokens: int
     tiles: List[int]
+    length: Optional[int]     # the line's `length`, unless it was written for other settings
+    stale_length: bool        # the line's `length` was written for other settings (and is not used)
 
 
 class SampleDropped(Exception):
@@ -44,6 +51,17 @@ class SampleDropped(Exception):
 
 def _without_placeholders(text: str) -> str:
     return text.replace(IMAGE_PLACEHOLDER, '').replace(VIDEO_PLACEHOLDER, '')
+
+
+def _token_counts(tokenizer: Any, texts: List[str]) -> List[int]:
+    """Tokens per text without special tokens; a fast tokenizer's backend is asked directly (the Python wrapper
+    around each result costs as much as the tokenising)."""
+    if not texts:
+        return []
+    backend = getattr(tokenizer, 'backend_tokenizer', None)
+    if backend is not None:
+        return [len(encoding.ids) for encoding in backend.encode_batch(texts, add_special_tokens=False)]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)['input_ids']]
 
 
 def _build_tokenizer(tokenizer: Any, trust_remote_code: bool) -> Any:
@@ -65,6 +83,9 @@ class InternVL_V1_5_Dataset(Dataset):
     floor(f * n + 0.5) samples once more. Bad samples stop the build with a list of `file:line: problem`;
     `skip_bad_samples=True` leaves them out and logs how many. `exact_pixels=True` makes tiles bit-identical to
     the official preprocessing instead of within a stated tolerance of it, at 2-4x the CPU time (see image.py).
+    Length estimates (for LengthGroupedSampler and packing) are counted in `length_workers` processes (the
+    dataloader's worker count in the configs; None: up to 8 CPUs). A line's `length` is used only if its
+    `length_for` (written beside it by check_data --write-length) names this dataset's settings, or is absent.
     """
 
     def __init__(self, model_path: Optional[str] = None, template: Optional[str] = None,
@@ -76,7 +97,7 @@ class InternVL_V1_5_Dataset(Dataset):
                  use_thumbnail: Optional[bool] = None, min_dynamic_patch: Optional[int] = None,
                  max_dynamic_patch: Optional[int] = None, data_augment: bool = False, min_num_frames: int = 8,
                  max_num_frames: int = 32, skip_bad_samples: bool = False, exact_pixels: bool = False,
-                 seed: int = 0, trust_remote_code: bool = False):
+                 seed: int = 0, trust_remote_code: bool = False, length_workers: Optional[int] = None):
         super().__init__()
         config: Dict[str, Any] = {}
         if model_path is not None:
@@ -107,6 +128,8 @@ class InternVL_V1_5_Dataset(Dataset):
         self.data_augment = data_augment
         self.min_num_frames, self.max_num_frames = min_num_frames, max_num_frames
         self.skip_bad_samples = skip_bad_samples
+        self.length_workers = default_workers() if length_workers is None else length_workers
+        self.template_name = official_template_name(template)
         self.pad_token_id = self.tokenizer.pad_token_id
         if self.pad_token_id is None:
             self.pad_token_id = self.tokenizer.eos_token_id
@@ -121,7 +144,10 @@ class InternVL_V1_5_Dataset(Dataset):
         self._load_sources(seed)
         self._lengths: Optional[np.ndarray] = None
         self._tiles: Optional[np.ndarray] = None
+        self._length_settings: Optional[str] = None
         self._warned: set = set()
+        self._unusable: Dict[int, str] = {}   # stored line -> why it cannot be loaded
+        self._lines_in_use = len(np.unique(self._index))   # stored lines that repeat factors keep
 
     # ---- building -------------------------------------------------------------------------------------------
 
@@ -164,12 +190,30 @@ class InternVL_V1_5_Dataset(Dataset):
         self._line_numbers = np.asarray(line_numbers, dtype=np.int64)
         self._source_ids = np.asarray(source_ids, dtype=np.int32)
         self._index = np.concatenate(index_parts) if index_parts else np.zeros(0, np.int64)
+        self._refuse_if_nothing_fits(lines, line_numbers, source_ids)
         if len(self._index) == 0:
             files = ', '.join(s.annotation for s in self.sources)
             if problems:
                 raise DataError(f'the dataset is empty: every sample of {files} is bad ({len(problems)}):\n'
                                 + '\n'.join(problems[:MAX_LISTED_PROBLEMS]))
             raise DataError(f'the dataset is empty: {files} hold no usable samples (or every repeat factor is 0)')
+
+    def _refuse_if_nothing_fits(self, lines: List[str], line_numbers: List[int], source_ids: List[int]) -> None:
+        """Every image (or video frame) takes at least one tile: when each sample's media alone exceed max_length,
+        no sample can be used, which is said at build rather than after trying each one."""
+        least_per_image = self.image.tokens_per_tile + 2
+        fewest = None
+        for text, number, source_id in zip(lines, line_numbers, source_ids):
+            sample = parse_sample(text, self.sources[source_id].root)
+            least = least_per_image * (1 if sample.video is not None else len(sample.images))
+            if least <= self.max_length:
+                return
+            if fewest is None or least < fewest[0]:
+                fewest = (least, f'{self.sources[source_id].annotation}:{number}')
+        if fewest is not None:
+            raise DataError(f'no sample fits max_length {self.max_length}: the images of each take more tokens '
+                            f'(at least one tile of {self.image.tokens_per_tile} tokens each); the least, '
+                            f'{fewest[1]}, needs {fewest[0]}. Raise max_length')
 
     def _check(self, text: str, source: DataSource) -> Tuple[Optional[Sample], Optional[str]]:
         """The parsed sample and what is wrong with it (None when nothing is)."""
@@ -208,40 +252,82 @@ class InternVL_V1_5_Dataset(Dataset):
         return self._lengths, self._tiles
 
     def _estimate_lengths(self) -> Tuple[np.ndarray, np.ndarray]:
-        lengths = np.zeros(len(self._store), dtype=np.int64)
-        tiles = np.zeros(len(self._store), dtype=np.int64)
-        for row in self.scan():
-            total = row.sample.length if row.sample.length is not None else row.text_tokens + row.image_tokens
-            lengths[row.line] = total if row.sample.images or row.sample.video is not None else -total
-            tiles[row.line] = sum(row.tiles)
+        spans = [range(start, min(start + LINES_PER_TASK, len(self._store)))
+                 for start in range(0, len(self._store), LINES_PER_TASK)]
+        parts = map_in_processes(self._estimate_span, spans, self.length_workers)
+        lengths, tiles, stale = (np.concatenate([part[k] for part in parts]) for k in range(3))
+        self._report_stale_lengths(stale)
         return lengths, tiles
 
+    def _estimate_span(self, lines: range) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Signed lengths, tiles and stale-length flags of `lines`."""
+        lengths = np.zeros(len(lines), dtype=np.int64)
+        tiles = np.zeros(len(lines), dtype=np.int64)
+        stale = np.zeros(len(lines), dtype=bool)
+        for row in self.scan(lines=lines):
+            total = row.length if row.length is not None else row.text_tokens + row.image_tokens
+            at = row.line - lines.start
+            lengths[at] = total if row.sample.images or row.sample.video is not None else -total
+            tiles[at] = sum(row.tiles)
+            stale[at] = row.stale_length
+        return lengths, tiles, stale
+
+    def _report_stale_lengths(self, stale: np.ndarray) -> None:
+        for source_id in np.unique(self._source_ids[stale]).tolist():
+            lines = np.flatnonzero(stale & (self._source_ids == source_id))
+            source = self.sources[source_id]
+            logger.warning('%s: %d line(s) carry a "length" written for other settings (the first: line %d); '
+                           'they are counted again for "%s". Run tools/check_data.py --write-length to store '
+                           'the new ones', source.annotation, len(lines), self.line_number(int(lines[0])),
+                           self.length_settings(source))
+
+    def length_settings(self, source: DataSource) -> str:
+        """What a sample's token count depends on besides its text: check_data writes it as `length_for`, and a
+        line whose `length_for` differs has its `length` counted again."""
+        if self._length_settings is None:
+            probe = self.tokenizer(TOKENIZER_PROBE, add_special_tokens=True)['input_ids']
+            tokenizer = hashlib.sha1(f'{type(self.tokenizer).__name__} {len(self.tokenizer)} {probe}'.encode())
+            self._length_settings = (f'{self.template_name} tokenizer {tokenizer.hexdigest()[:8]} '
+                                     f'{self.image.image_size}px x{self.image.downsample_ratio}')
+        if not self.image.dynamic_image_size:
+            tiling = 'one tile'
+        else:
+            min_tiles, max_tiles, thumbnail = self._tiling(source, 1)
+            tiling = f'tiles {min_tiles}-{max_tiles}' + (' + thumbnail' if thumbnail else '')
+        return f'{self._length_settings} {tiling}, {self.max_num_frames} frames'
+
     def scan(self, image_sizes: Optional[Callable[[int, Sample], List[Optional[Tuple[int, int]]]]] = None,
-             count_known_lengths: bool = False, chunk: int = 1024) -> Iterator['ScanRow']:
-        """Every stored line once, with text tokens (tokenised in batches) and tiles per image.
+             count_known_lengths: bool = False, lines: Optional[range] = None,
+             chunk: int = 1024) -> Iterator['ScanRow']:
+        """Every stored line of `lines` (default: all) once, with text tokens (tokenised in batches) and tiles per
+        image.
 
         Tiles come from the line's width/height, or from `image_sizes(line, sample)` (e.g. image headers), else
-        the tile budget is assumed. Lines with a `length` skip tokenisation unless `count_known_lengths`.
+        the tile budget is assumed. Lines with a current `length` skip tokenisation unless `count_known_lengths`.
         """
+        lines = range(len(self._store)) if lines is None else lines
         overhead = len(self.encoder.encode(None, [], []).input_ids)
         one_token = len(self.tokenizer('a', add_special_tokens=False)['input_ids'])
         per_turn = (len(self.encoder.encode(None, [Turn('human', 'a'), Turn('gpt', 'a')], []).input_ids)
                     - overhead - 2 * one_token) // 2
-        for start in range(0, len(self._store), chunk):
+        settings = [self.length_settings(source) for source in self.sources]
+        for start in range(lines.start, lines.stop, chunk):
             part = []
-            for line in range(start, min(start + chunk, len(self._store))):
-                source = self.sources[self._source_ids[line]]
-                part.append((line, source, parse_sample(self._store[line], source.root)))
-            texts = ['\n'.join(_without_placeholders(turn.text) for turn in sample.turns) for _, _, sample in part
-                     if count_known_lengths or sample.length is None]
-            counts = iter(self.tokenizer(texts, add_special_tokens=False)['input_ids'] if texts else [])
-            for line, source, sample in part:
-                text_tokens = (overhead + per_turn * len(sample.turns) + len(next(counts)) - (len(sample.turns) - 1)
-                               if count_known_lengths or sample.length is None else 0)
+            for line in range(start, min(start + chunk, lines.stop)):
+                source_id = int(self._source_ids[line])
+                sample = parse_sample(self._store[line], self.sources[source_id].root)
+                stale = sample.length is not None and sample.length_for not in (None, settings[source_id])
+                part.append((line, self.sources[source_id], sample, None if stale else sample.length, stale))
+            texts = ['\n'.join(_without_placeholders(turn.text) for turn in sample.turns)
+                     for _, _, sample, length, _ in part if count_known_lengths or length is None]
+            counts = iter(_token_counts(self.tokenizer, texts))
+            for line, source, sample, length, stale in part:
+                text_tokens = (overhead + per_turn * len(sample.turns) + next(counts) - (len(sample.turns) - 1)
+                               if count_known_lengths or length is None else 0)
                 sizes = image_sizes(line, sample) if image_sizes is not None else sample.sizes
                 tiles = self.tiles_per_image(sample, source, sizes)
                 yield ScanRow(line, source, sample, text_tokens,
-                              sum(n * self.image.tokens_per_tile + 2 for n in tiles), tiles)
+                              sum(n * self.image.tokens_per_tile + 2 for n in tiles), tiles, length, stale)
 
     def tiles_per_image(self, sample: Sample, source: DataSource,
                         sizes: Sequence[Optional[Tuple[int, int]]]) -> List[int]:
@@ -275,26 +361,40 @@ class InternVL_V1_5_Dataset(Dataset):
         return self.fetch(index)[1]
 
     def fetch(self, index: int) -> Tuple[int, Dict[str, Any]]:
-        """The sample at `index`, or the next loadable one standing in for it, with the index it came from."""
+        """The sample at `index`, or the next loadable one standing in for it, with the index it came from. Lines
+        found unusable are remembered, so a dataset of them fails once instead of every index scanning it all."""
         for attempt in range(len(self)):
+            if len(self._unusable) == self._lines_in_use:
+                break
             position = (index + attempt) % len(self)
+            if int(self._index[position]) in self._unusable:
+                continue
             try:
                 return position, self.load(position)
             except SampleError as error:
                 message = f'{self.where(position)}: {error}'
                 if not self.skip_bad_samples:
                     raise DataError(message + ' (pass skip_bad_samples=True to use the next sample instead)') from None
-                self.warn_once(position, f'{message}; using the next sample instead')
             except SampleDropped as dropped:
-                self.warn_once(position, f'{self.where(position)}: {dropped}; using the next sample instead')
-        raise DataError(f'no sample of the {len(self)} could be loaded')
+                message = f'{self.where(position)}: {dropped}'
+            self._unusable.setdefault(int(self._index[position]), message)
+            self.warn_once(position, f'{message}; using the next sample instead')
+        first = next(iter(self._unusable.values()), '')
+        raise DataError(f'none of the {len(self)} samples can be loaded: each is bad or cannot fit max_length '
+                        f'{self.max_length}; the first: {first}')
 
     def warn_once(self, index: int, message: str) -> None:
-        """Logs `message` for the sample at `index` unless its annotation line already had a warning."""
+        """Logs `message` for the sample at `index` unless its annotation line already had a warning; after
+        MAX_LISTED_PROBLEMS lines, one more warning says the rest are left out."""
         line = int(self._index[index])
-        if line not in self._warned:
-            self._warned.add(line)
+        if line in self._warned:
+            return
+        self._warned.add(line)
+        if len(self._warned) <= MAX_LISTED_PROBLEMS:
             logger.warning(message)
+        elif len(self._warned) == MAX_LISTED_PROBLEMS + 1:
+            logger.warning('more than %d samples of this dataset had warnings; the rest are left out '
+                           '(tools/check_data.py lists every problem)', MAX_LISTED_PROBLEMS)
 
     def load(self, index: int, rng: Optional[random.Random] = None) -> Dict[str, Any]:
         """The sample at `index` as tensors; raises SampleError for bad media, SampleDropped when it cannot fit."""

@@ -20,6 +20,7 @@ class Sample:
     video: Optional[List[str]] = None                         # a video file, a frame folder, or frame files
     clip: Optional[Tuple[float, float]] = None                # seconds of the video to use
     length: Optional[int] = None                              # precomputed total tokens, when the line has it
+    length_for: Optional[str] = None                          # the settings `length` was counted for, if recorded
 
     @property
     def kind(self) -> str:
@@ -135,10 +136,13 @@ def parse_sample(text: str, root: str) -> Sample:
     length = record.get('length')
     if length is not None and not (isinstance(length, int) and length >= 0):
         raise SampleError(f'"length" is {length!r}; expected a token count (integer >= 0)')
+    length_for = record.get('length_for')
+    if length_for is not None and not isinstance(length_for, str):
+        raise SampleError(f'"length_for" is {length_for!r}; expected the settings text check_data writes')
     join = (lambda path: os.path.join(root, path))
     return Sample(system=system, turns=turns, images=[join(p) for p in images], sizes=_sizes(record, len(images)),
                   video=[join(p) for p in video] if video is not None else None,
-                  clip=tuple(clip) if clip is not None else None, length=length)
+                  clip=tuple(clip) if clip is not None else None, length=length, length_for=length_for)
 
 
 def media_outside_root(sample: Sample, root: str) -> List[str]:

@@ -1,0 +1,40 @@
+"""Work on the annotation lines spread over forked processes: a child inherits the dataset (tokenizer, line
+store) from the fork, so only the arguments and the results cross between processes."""
+import multiprocessing
+import os
+from typing import Callable, List, Optional, Sequence, TypeVar
+
+Argument = TypeVar('Argument')
+Result = TypeVar('Result')
+_FORKED_FUNCTION: Optional[Callable] = None
+
+
+def default_workers() -> int:
+    """What `None` workers means: the CPUs this process may run on, at most 8."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1))
+
+
+def _call_inherited(argument):
+    return _FORKED_FUNCTION(argument)
+
+
+def map_in_processes(function: Callable[[Argument], Result], arguments: Sequence[Argument],
+                     workers: int) -> List[Result]:
+    """`[function(a) for a in arguments]`, in `workers` forked processes; in this one where the platform cannot
+    fork, for one worker, or for a single argument."""
+    global _FORKED_FUNCTION
+    workers = min(workers, len(arguments))
+    if workers <= 1 or 'fork' not in multiprocessing.get_all_start_methods():
+        return [function(argument) for argument in arguments]
+    _FORKED_FUNCTION = function
+    saved = os.environ.get('TOKENIZERS_PARALLELISM')
+    os.environ['TOKENIZERS_PARALLELISM'] = 'false'   # a forked child must not use the parent's thread pool
+    try:
+        with multiprocessing.get_context('fork').Pool(workers) as pool:
+            return pool.map(_call_inherited, arguments, chunksize=1)
+    finally:
+        _FORKED_FUNCTION = None
+        if saved is None:
+            os.environ.pop('TOKENIZERS_PARALLELISM', None)
+        else:
+            os.environ['TOKENIZERS_PARALLELISM'] = saved
