@@ -26,6 +26,9 @@ DEFAULT_MAX_SHARD_BYTES = 5 * 1024 ** 3
 # Files beside the weights that the official toolchain reads, copied from the base checkpoint.
 _COPIED_SUFFIXES = ('.py',)
 _COPIED_FILES = ('generation_config.json', 'preprocessor_config.json')
+# A tokenizer's files in the forms transformers 4 and 5 save; fine-tuning changes none of them.
+TOKENIZER_FILES = ('tokenizer_config.json', 'tokenizer.json', 'tokenizer.model', 'vocab.json', 'merges.txt',
+                   'special_tokens_map.json', 'added_tokens.json', 'chat_template.jinja', 'chat_template.json')
 
 
 # Written into each temporary output folder: whose it is, so a later run can tell one left by a killed process.
@@ -178,6 +181,19 @@ def copy_remote_code(base_dir: Optional[str], folder: str) -> List[str]:
     return copied
 
 
+def write_tokenizer(tokenizer: Any, base_dir: Optional[str], folder: str) -> None:
+    """The base checkpoint's tokenizer files as they are, when it has them: saved again, transformers 5 would write
+    its own format (`TokenizersBackend`, a list of `extra_special_tokens`), which transformers 4 cannot read, and
+    the official toolchain runs on transformers 4. A tokenizer with no base folder (one assembled from parts)
+    is saved."""
+    if not base_dir or not os.path.isfile(os.path.join(base_dir, 'tokenizer_config.json')):
+        tokenizer.save_pretrained(folder)
+        return
+    for name in TOKENIZER_FILES:
+        if os.path.isfile(os.path.join(base_dir, name)):
+            shutil.copy2(os.path.join(base_dir, name), os.path.join(folder, name))
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace('torch.', '')
 
@@ -210,7 +226,7 @@ def save_official(network: InternVLChatModel, base_config: Dict[str, Any], token
     with atomic_output_dir(save_dir, overwrite, {'the base model folder': base_dir, **(protected or {})}) as tmp:
         write_safetensors(weights, tmp, max_shard_bytes)
         write_json(os.path.join(tmp, 'config.json'), config)
-        tokenizer.save_pretrained(tmp)
+        write_tokenizer(tokenizer, base_dir, tmp)
         copied = copy_remote_code(base_dir, tmp)
     return copied
 
@@ -295,6 +311,8 @@ def save_hf(network: InternVLChatModel, base_config: Dict[str, Any], tokenizer: 
         write_safetensors(weights, tmp, max_shard_bytes)
         write_json(os.path.join(tmp, 'config.json'), config)
         # No remote class is read here: InternLM2's SentencePiece tokenizer goes as the equal tokenizer.json.
-        native = tokenizer.to_fast() if isinstance(tokenizer, InternLM2Tokenizer) else tokenizer
-        native.save_pretrained(tmp)
+        if isinstance(tokenizer, InternLM2Tokenizer):
+            tokenizer.to_fast().save_pretrained(tmp)
+        else:
+            write_tokenizer(tokenizer, base_dir, tmp)
         write_hf_processor(tmp, {**base_config, **(config_overrides or {})}, network)
