@@ -15,10 +15,13 @@ def _version(name: str) -> Version:
 # bitsandbytes has CPU 4-bit kernels from 0.46 on; transformers quantises with them from 4.53 on.
 HAS_CPU_4BIT = _version('bitsandbytes') >= Version('0.46') and _version('transformers') >= Version('4.53')
 HAS_NATIVE_INTERNVL = _version('transformers') >= Version('4.52')
+HAS_QWEN3 = _version('transformers') >= Version('4.51')
 needs_cpu_4bit = pytest.mark.skipif(not HAS_CPU_4BIT, reason='CPU 4-bit needs bitsandbytes >= 0.46, transformers >= 4.53')
 needs_native_internvl = pytest.mark.skipif(not HAS_NATIVE_INTERNVL, reason='native InternVL needs transformers >= 4.52')
 
-FAMILIES = ['qwen2', 'internlm2', 'phi3', 'llama']
+needs_qwen3 = pytest.mark.skipif(not HAS_QWEN3, reason='Qwen3 needs transformers >= 4.51')
+
+FAMILIES = ['qwen2', pytest.param('qwen3', marks=needs_qwen3), 'internlm2', 'phi3', 'llama']
 
 
 @pytest.fixture(scope='session')

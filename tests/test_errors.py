@@ -41,6 +41,18 @@ def test_unsupported_llm_architecture(tiny_checkpoint, tmp_path):
         InternVL_V1_5(path)
 
 
+def test_a_family_newer_than_the_installed_transformers_names_the_release_it_needs(monkeypatch):
+    """As on the pinned world's transformers 4.48, which has no Qwen3Config."""
+    from types import SimpleNamespace
+    from internvl_plugin.model.modeling import llm
+    from internvl_plugin.model.modeling.llm import build_llm_config
+    monkeypatch.setattr(llm, 'transformers', SimpleNamespace(__version__='4.48.0'))
+    with pytest.raises(ValueError, match=r'^ckpt/config.json: llm_config: Qwen3ForCausalLM needs transformers >= '
+                                         r'4.51.0 \(installed: 4.48.0\); install a newer world'):
+        build_llm_config({'architectures': ['Qwen3ForCausalLM'], 'hidden_size': 64},
+                         source='ckpt/config.json: llm_config')
+
+
 def test_invalid_json_names_the_line(tiny_checkpoint, tmp_path):
     path = tmp_path / 'broken'
     shutil.copytree(tiny_checkpoint('qwen2'), path)

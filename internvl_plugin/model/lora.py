@@ -8,6 +8,7 @@ from peft import LoraConfig
 _LLAMA_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']
 LLM_LORA_TARGETS: Dict[str, List[str]] = {
     'qwen2': _LLAMA_TARGETS,
+    'qwen3': _LLAMA_TARGETS,
     'llama': _LLAMA_TARGETS,
     'internlm2': _LLAMA_TARGETS,
     'phi3': ['qkv_proj', 'o_proj', 'gate_up_proj', 'down_proj'],

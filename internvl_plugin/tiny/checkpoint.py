@@ -13,7 +13,8 @@ from ..model.checkpoint.load import build_language_model, build_network, build_v
 from .tokenizer import build_tiny_tokenizer
 
 # Chat template each family's released InternVL models use (config.json `template`).
-FAMILY_TEMPLATES = {'qwen2': 'internvl2_5', 'internlm2': 'internlm2-chat', 'phi3': 'phi3-chat', 'llama': 'Hermes-2'}
+FAMILY_TEMPLATES = {'qwen2': 'internvl2_5', 'qwen3': 'internvl2_5', 'internlm2': 'internlm2-chat', 'phi3': 'phi3-chat',
+                    'llama': 'Hermes-2'}
 VIT_STYLES = ('300m', '6b')
 
 _OFFICIAL_AUTO_MAP = {
@@ -49,6 +50,12 @@ def tiny_llm_config(family: str, tokenizer: Any, hidden_size: int = 64, layers: 
     if family == 'qwen2':
         return {'architectures': ['Qwen2ForCausalLM'], 'model_type': 'qwen2', **common, 'rms_norm_eps': 1e-6,
                 'rope_theta': 1000000.0, 'use_sliding_window': False, 'sliding_window': 4096, 'attention_dropout': 0.0}
+    if family == 'qwen3':
+        # As Qwen3-0.6B (InternVL3_5-1B): head_dim is its own field, not hidden_size / heads, and q/k are normed.
+        return {'architectures': ['Qwen3ForCausalLM'], 'model_type': 'qwen3', **common, 'head_dim': 32,
+                'rms_norm_eps': 1e-6, 'rope_theta': 1000000, 'rope_scaling': None, 'attention_bias': False,
+                'use_sliding_window': False, 'sliding_window': None, 'max_window_layers': layers,
+                'attention_dropout': 0.0}
     if family == 'internlm2':
         return {'architectures': ['InternLM2ForCausalLM'], 'model_type': 'internlm2',
                 'auto_map': {'AutoConfig': 'configuration_internlm2.InternLM2Config',

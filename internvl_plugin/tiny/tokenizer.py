@@ -1,5 +1,5 @@
 """Tiny tokenizers built offline, in each family's real form, with its chat tokens and InternVL's special tokens:
-byte-level BPE (tokenizer.json) for Qwen2 / Phi3 / Llama, a SentencePiece tokenizer.model for InternLM2."""
+byte-level BPE (tokenizer.json) for Qwen2 / Qwen3 / Phi3 / Llama, a SentencePiece tokenizer.model for InternLM2."""
 import io
 from typing import Dict, List
 
@@ -8,6 +8,11 @@ from ..files import INTERNVL_SPECIAL_TOKENS
 # Per family: special tokens in id order, the BOS token the tokenizer prepends (None: none), eos and pad.
 FAMILY_TOKENS: Dict[str, Dict] = {
     'qwen2': {'special': ['<|endoftext|>', '<|im_start|>', '<|im_end|>'],
+              'bos': None, 'eos': '<|im_end|>', 'pad': '<|endoftext|>'},
+    # Qwen3's vocabulary adds tool and thinking tokens before InternVL's (<IMG_CONTEXT> is 151671 there, 151667 with
+    # Qwen2.5's): the order moves InternVL's token ids, which nothing may hard-code.
+    'qwen3': {'special': ['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<tool_call>', '</tool_call>', '<think>',
+                          '</think>'],
               'bos': None, 'eos': '<|im_end|>', 'pad': '<|endoftext|>'},
     'phi3': {'special': ['<unk>', '<s>', '</s>', '<|endoftext|>', '<|system|>', '<|user|>', '<|assistant|>', '<|end|>'],
              'bos': '<s>', 'eos': '<|endoftext|>', 'pad': '<|endoftext|>'},

@@ -3,21 +3,24 @@
 InternLM2 has no class in transformers; its architecture is Llama's with fused projections, so it is
 built as Llama and its weights are translated by the key maps in `checkpoint/key_maps.py`.
 """
-from typing import Any, Dict
+from typing import Any, Dict, Type
 
 import torch
 import transformers
 from packaging.version import Version
-from transformers import LlamaConfig, Phi3Config, PretrainedConfig, Qwen2Config
+from transformers import LlamaConfig, PretrainedConfig
 
 # The families InternVL ships, by the `architectures` entry of `llm_config`.
 LLM_FAMILIES = {
     'Qwen2ForCausalLM': 'qwen2',
+    'Qwen3ForCausalLM': 'qwen3',
     'InternLM2ForCausalLM': 'internlm2',
     'Phi3ForCausalLM': 'phi3',
     'LlamaForCausalLM': 'llama',
 }
-_NATIVE_CONFIGS = {'qwen2': Qwen2Config, 'phi3': Phi3Config, 'llama': LlamaConfig}
+# Per family: the transformers config class that builds it and the first transformers release that has it.
+_FAMILY_CONFIGS = {'qwen2': ('Qwen2Config', '4.37.0'), 'qwen3': ('Qwen3Config', '4.51.0'),
+                   'phi3': ('Phi3Config', '4.40.0'), 'llama': ('LlamaConfig', '4.28.0')}
 
 # InternLM2 config field -> Llama config field, where the names differ.
 _INTERNLM2_TO_LLAMA_FIELDS = {'bias': 'attention_bias'}
@@ -26,7 +29,7 @@ _INTERNLM2_ONLY_FIELDS = {'architectures', 'auto_map', 'model_type', 'attn_imple
 
 
 def llm_family(llm_config: Dict[str, Any], source: str = 'llm_config') -> str:
-    """The family name ('qwen2', 'internlm2', 'phi3', 'llama') of an `llm_config` dict."""
+    """The family name ('qwen2', 'qwen3', 'internlm2', 'phi3', 'llama') of an `llm_config` dict."""
     archs = llm_config.get('architectures') or []
     for arch in archs:
         if arch in LLM_FAMILIES:
@@ -60,9 +63,19 @@ def build_llm_config(llm_config: Dict[str, Any], source: str = 'llm_config') -> 
         config = LlamaConfig(**llama_fields)
     else:
         fields.pop('model_type', None)
-        config = _NATIVE_CONFIGS[family](**fields)
+        config = family_config_class(family, llm_config['architectures'][0], source)(**fields)
     config.architectures = [{'internlm2': 'LlamaForCausalLM'}.get(family, llm_config['architectures'][0])]
     return config
+
+
+def family_config_class(family: str, architecture: str, source: str) -> Type[PretrainedConfig]:
+    """The config class of a family, or one line naming the transformers release that brings it."""
+    name, first_release = _FAMILY_CONFIGS[family]
+    config_class = getattr(transformers, name, None)
+    if config_class is None:
+        raise ValueError(f'{source}: {architecture} needs transformers >= {first_release} (installed: '
+                         f'{transformers.__version__}); install a newer world (README, "Install")')
+    return config_class
 
 
 def dtype_kwargs(dtype: torch.dtype) -> Dict[str, torch.dtype]:
