@@ -1,6 +1,8 @@
 """Turn a training checkpoint into weights the official InternVL toolchain (or transformers' native class) loads.
 
     python tools/convert_to_official.py CONFIG CHECKPOINT SAVE_DIR [--format official|hf] [--dtype bfloat16]
+
+The output takes the layout the base model came in unless --format says otherwise.
 """
 import argparse
 import sys
@@ -14,8 +16,9 @@ def main() -> int:
     parser.add_argument('config', help='the training config (.py)')
     parser.add_argument('checkpoint', help='an mmengine iter_xxx.pth file or a DeepSpeed checkpoint folder')
     parser.add_argument('save_dir', help='output folder (written atomically)')
-    parser.add_argument('--format', choices=FORMATS, default='official',
-                        help="'official': InternVL layout with remote code (default); 'hf': transformers-native")
+    parser.add_argument('--format', choices=FORMATS,
+                        help="'official': InternVL layout with remote code; 'hf': transformers-native "
+                             '(default: the layout the base model came in)')
     parser.add_argument('--dtype', choices=['bfloat16', 'float16', 'float32'], default='bfloat16')
     parser.add_argument('--max-shard-size-gb', type=float, default=5.0)
     parser.add_argument('--overwrite', action='store_true', help='replace a non-empty SAVE_DIR')
@@ -28,10 +31,10 @@ def main() -> int:
         print(f'convert_to_official: error: {error}', file=sys.stderr)
         return 1
     print(f"loaded {summary['trained_tensors']} trained tensors from {args.checkpoint}")
-    if args.format == 'official' and not summary['remote_code']:
+    if summary['format'] == 'official' and not summary['remote_code']:
         print('warning: the base model folder has no remote-code *.py files; copy them from the original checkpoint '
               'before loading with trust_remote_code, LMDeploy or vLLM', file=sys.stderr)
-    print(f'wrote {args.format} checkpoint to {args.save_dir}')
+    print(f"wrote {summary['format']} checkpoint to {args.save_dir}")
     return 0
 
 

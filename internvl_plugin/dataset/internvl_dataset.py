@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..files import build_from_config, load_tokenizer, read_json, resolve_model_path
+from ..checkpoint_layout import read_checkpoint_config
+from ..files import build_from_config, load_tokenizer, resolve_model_path
 from .image import ImageSettings, TileLimits, jpeg_recompress, resize_tile
 from .parallel import default_workers, map_in_processes
 from .samples import Sample, SampleError, expand_video, media_outside_root, missing_media, parse_sample
@@ -102,7 +103,7 @@ class InternVL_V1_5_Dataset(Dataset):
         config: Dict[str, Any] = {}
         if model_path is not None:
             model_path = resolve_model_path(model_path)
-            config = read_json(os.path.join(model_path, 'config.json'))
+            config = read_checkpoint_config(model_path)
         self.tokenizer = _build_tokenizer(tokenizer, trust_remote_code) if tokenizer is not None else (
             load_tokenizer(model_path, trust_remote_code=trust_remote_code) if model_path is not None else None)
         if self.tokenizer is None:

@@ -6,8 +6,9 @@ import torch
 from mmengine.model import BaseModel
 from peft import LoraConfig, get_peft_model
 
+from ..checkpoint_layout import OFFICIAL, checkpoint_layout
 from ..files import load_tokenizer, resolve_model_path
-from .checkpoint.load import build_network, img_context_token_id, load_weights, read_internvl_config
+from .checkpoint.load import build_network, img_context_token_id, load_checkpoint_weights, read_internvl_config
 from .checkpoint.parts import assemble_config_and_weights
 from .checkpoint.trained import apply_trained_state, load_trained_state
 from .lora import LLM_LORA_TARGETS, VISION_LORA_TARGETS, build_lora_config
@@ -65,13 +66,15 @@ class InternVL_V1_5(BaseModel):
                 raise ValueError('give either model_path or vision_model_path + llm_path, not both')
             self.model_path = resolve_model_path(model_path)
             self.config = read_internvl_config(self.model_path)
+            self.layout = checkpoint_layout(self.model_path)
             self.tokenizer = load_tokenizer(self.model_path, trust_remote_code=trust_remote_code)
-            weights = None if random_init else load_weights(self.model_path)
+            weights = None if random_init else load_checkpoint_weights(self.model_path, self.config)
             source = self.model_path
         elif random_init:
             raise ValueError('random_init builds the network from model_path\'s config.json; give model_path')
         elif vision_model_path and llm_path:
             self.model_path = None
+            self.layout = OFFICIAL
             self.config, weights, self.tokenizer = assemble_config_and_weights(
                 resolve_model_path(vision_model_path), resolve_model_path(llm_path), template=template,
                 ps_version=ps_version, downsample_ratio=downsample_ratio, select_layer=select_layer,

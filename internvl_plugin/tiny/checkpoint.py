@@ -7,7 +7,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from ..model.checkpoint.export import atomic_output_dir, save_official, write_json, write_safetensors
+from ..checkpoint_layout import NATIVE, OFFICIAL
+from ..model.checkpoint.export import atomic_output_dir, save_hf, save_official, write_json, write_safetensors
 from ..model.checkpoint.key_maps import llama_to_internlm2
 from ..model.checkpoint.load import build_language_model, build_network, build_vision_model, img_context_token_id
 from .tokenizer import build_tiny_tokenizer
@@ -92,14 +93,18 @@ def tiny_internvl_config(family: str, vit: str, tokenizer: Any) -> Dict[str, Any
 
 def build_tiny_checkpoint(out_dir: str, llm: str = 'qwen2', vit: str = '300m', seed: int = 0,
                           dtype: torch.dtype = torch.float32, max_shard_bytes: Optional[int] = None,
-                          overwrite: bool = False) -> Dict[str, Any]:
-    """Writes a random tiny official-layout checkpoint to `out_dir`; returns its config dict."""
+                          overwrite: bool = False, layout: str = OFFICIAL) -> Dict[str, Any]:
+    """Writes a random tiny checkpoint to `out_dir`, in the official layout or transformers' native one ('hf', as
+    the -HF releases: the same weights for the same seed); returns its config dict in the official fields."""
+    if layout not in (OFFICIAL, NATIVE):
+        raise ValueError(f"layout '{layout}' is not one of {[OFFICIAL, NATIVE]}")
     tokenizer = build_tiny_tokenizer(llm)
     config = tiny_internvl_config(llm, vit, tokenizer)
     torch.manual_seed(seed)
     network = build_network(config, None, img_context_token_id(tokenizer, out_dir), out_dir, dtype=dtype)
     kwargs = {} if max_shard_bytes is None else {'max_shard_bytes': max_shard_bytes}
-    save_official(network, config, tokenizer, out_dir, dtype=dtype, overwrite=overwrite, **kwargs)
+    save = save_official if layout == OFFICIAL else save_hf
+    save(network, config, tokenizer, out_dir, dtype=dtype, overwrite=overwrite, **kwargs)
     return config
 
 

@@ -38,14 +38,15 @@ def build_model_for_export(cfg: Any, dtype: torch.dtype):
     return InternVL_V1_5(**fields)
 
 
-def convert_checkpoint(config_path: str, checkpoint: str, save_dir: str, fmt: str = 'official',
+def convert_checkpoint(config_path: str, checkpoint: str, save_dir: str, fmt: Optional[str] = None,
                        dtype: torch.dtype = torch.bfloat16, overwrite: bool = False,
                        max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Dict[str, Any]:
     """Builds the config's model, loads the trained state strictly, merges LoRA and writes `save_dir`.
 
-    Returns a summary: trained tensor count, remote-code files copied."""
+    `fmt` None writes the layout the base model came in. Returns a summary: trained tensor count, the format
+    written, remote-code files copied."""
     from mmengine.config import Config
-    if fmt not in FORMATS:
+    if fmt is not None and fmt not in FORMATS:
         raise ValueError(f"format '{fmt}' is not one of {FORMATS}")
     try:
         cfg = Config.fromfile(config_path)
@@ -61,7 +62,8 @@ def convert_checkpoint(config_path: str, checkpoint: str, save_dir: str, fmt: st
     model = build_model_for_export(cfg, dtype)
     apply_trained_state(model, trained, f'{checkpoint} (loaded for {config_path})')
     network = model.merged_network()
-    summary: Dict[str, Optional[Any]] = {'trained_tensors': len(trained), 'remote_code': []}
+    fmt = fmt or model.layout
+    summary: Dict[str, Optional[Any]] = {'trained_tensors': len(trained), 'format': fmt, 'remote_code': []}
     protected = {'the checkpoint': checkpoint, 'the config': config_path}
     if fmt == 'official':
         summary['remote_code'] = save_official(network, model.config, model.tokenizer, save_dir, dtype=dtype,

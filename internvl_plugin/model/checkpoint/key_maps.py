@@ -6,7 +6,7 @@ language model, which the plugin runs as Llama.
 """
 import re
 from functools import lru_cache
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -64,6 +64,15 @@ HF_VISION_QKV = tuple(f'model.vision_tower.encoder.layer.{{}}.attention.{name}.{
 NETWORK_TO_HF_LANGUAGE = {
     'language_model.model.': 'model.language_model.',
     'language_model.lm_head.': 'lm_head.',
+}
+
+
+# Native prefixes of checkpoints saved before transformers 4.52 moved the parts under `model.` -> today's.
+LEGACY_HF_PREFIXES = {
+    'language_model.model.': 'model.language_model.',
+    'language_model.lm_head.': 'lm_head.',
+    'vision_tower.': 'model.vision_tower.',
+    'multi_modal_projector.': 'model.multi_modal_projector.',
 }
 
 
@@ -182,4 +191,45 @@ def network_to_hf(state_dict: StateDict) -> StateDict:
             out[NETWORK_TO_HF_LANGUAGE[prefix] + key[len(prefix):]] = tensor
         else:
             out[_rename(key, OFFICIAL_TO_HF_VISION)] = tensor
+    return out
+
+
+def _native_vision_qkv(key: str) -> Optional[Tuple[str, str, int]]:
+    """(layer, 'weight' or 'bias', 0 / 1 / 2 for q / k / v) of a native vision attention projection key."""
+    for index, name in enumerate(HF_VISION_QKV):
+        for kind in ('weight', 'bias'):
+            layer = _layer_index(key, name.format('{}', kind))
+            if layer:
+                return layer, kind, index
+    return None
+
+
+def hf_to_network(state_dict: StateDict, source: str) -> StateDict:
+    """Transformers-native InternVL keys (today's or the pre-4.52 prefixes) -> this plugin's network keys. Keys no
+    table places are an error naming them."""
+    reverse_language = {dst: src for src, dst in NETWORK_TO_HF_LANGUAGE.items()}
+    reverse_vision = {dst: src for src, dst in OFFICIAL_TO_HF_VISION.items()}
+    out, unplaced, projections = {}, [], {}
+    for key, tensor in state_dict.items():
+        legacy = next((p for p in LEGACY_HF_PREFIXES if key.startswith(p)), None)
+        key = LEGACY_HF_PREFIXES[legacy] + key[len(legacy):] if legacy else key
+        qkv = _native_vision_qkv(key)
+        prefix = next((p for p in reverse_language if key.startswith(p)), None)
+        if qkv:
+            projections.setdefault(qkv[:2], {})[qkv[2]] = tensor
+        elif prefix:
+            out[reverse_language[prefix] + key[len(prefix):]] = tensor
+        else:
+            try:
+                out[_rename(key, reverse_vision)] = tensor
+            except KeyError:
+                unplaced.append(key)
+    for (layer, kind), parts in projections.items():
+        if len(parts) == 3:
+            out[VISION_QKV_WEIGHT.format(layer, kind)] = torch.cat([parts[0], parts[1], parts[2]], dim=0)
+        else:
+            unplaced += [HF_VISION_QKV[i].format(layer, kind) for i in parts]
+    if unplaced:
+        raise ValueError(f'{source}: keys {sorted(unplaced)[:5]} ({len(unplaced)} in all) fit no part of the native '
+                         'InternVL layout (vision tower, projector, language model)')
     return out

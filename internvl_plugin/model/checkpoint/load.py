@@ -5,12 +5,13 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import nn
 
+from ...checkpoint_layout import NATIVE, checkpoint_layout, read_checkpoint_config
 from ...files import read_json
 from ..modeling.intern_vit import InternVisionConfig, InternVisionModel
 from ..modeling.internvl_chat import InternVLChatModel, build_mlp1
 from ..modeling.llm import build_llm_config, dtype_kwargs, llm_family
 from ..quantization import quantize_linears_4bit
-from .key_maps import StateDict, official_to_network
+from .key_maps import StateDict, hf_to_network, official_to_network
 
 IMG_CONTEXT_TOKEN = '<IMG_CONTEXT>'
 _WEIGHT_INDEXES = ('model.safetensors.index.json', 'pytorch_model.bin.index.json')
@@ -19,19 +20,28 @@ _TOP_MODULES = ('vision_model.', 'mlp1.', 'language_model.')
 
 
 def read_internvl_config(folder: str) -> Dict[str, Any]:
-    """The checkpoint's config.json, checked to be an official InternVL (`internvl_chat`) config."""
+    """The checkpoint's config in the official fields (a transformers-native folder's translated), checked."""
+    config = read_checkpoint_config(folder)
     path = os.path.join(folder, 'config.json')
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'{folder} has no config.json; expected an InternVL checkpoint folder')
-    config = read_json(path)
-    if config.get('model_type') != 'internvl_chat':
-        raise ValueError(f"{path}: model_type is '{config.get('model_type')}', expected 'internvl_chat' "
-                         '(an official InternVL checkpoint)')
     for key in ('vision_config', 'llm_config'):
         if not isinstance(config.get(key), dict):
             raise ValueError(f'{path}: missing {key}; expected an official InternVL checkpoint config')
     llm_family(config['llm_config'], source=f'{path}: llm_config')
     return config
+
+
+def load_checkpoint_weights(folder: str, config: Dict[str, Any]) -> StateDict:
+    """The folder's weights in official names. A native folder's are mapped; where its text config ties the output
+    layer to the embeddings and the file holds no output layer, the network gets it as a copy of them (InternVL
+    never ties)."""
+    weights = load_weights(folder)
+    if checkpoint_layout(folder) != NATIVE:
+        return weights
+    weights = hf_to_network(weights, folder)
+    head, embeddings = 'language_model.lm_head.weight', 'language_model.model.embed_tokens.weight'
+    if head not in weights and embeddings in weights and config['llm_config'].get('tie_word_embeddings'):
+        weights[head] = weights[embeddings].clone()
+    return weights
 
 
 def _load_weight_file(path: str) -> StateDict:
