@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from conftest import needs_cpu_4bit
+from conftest import needs_cpu_4bit, needs_qwen3
 from xtuner_cli import (REPO, checkpoints, packed_config, saved_config, tiny_options, xtuner_command, xtuner_env,
                         xtuner_train)
 
@@ -116,6 +116,35 @@ def test_packed_training_with_deepspeed_zero2(tiny_checkpoint, shapes_meta, tmp_
     assert checkpoint.endswith('iter_16.pth'), log[-3000:]
     converted = _convert(work, config, checkpoint, str(tmp_path / 'converted'))
     assert not torch.equal(_llm_weight(converted), _llm_weight(InternVL_V1_5(base, torch_dtype='float32')))
+
+
+@pytest.mark.parametrize('config,family', [
+    pytest.param('configs/v3/internvl_v3_qwen2_5_0_5b_finetune.py', 'qwen2', id='internvl3-1b-full'),
+    pytest.param('configs/v3_5/internvl_v3_5_qwen3_0_6b_finetune.py', 'qwen3', id='internvl3_5-1b-full-packed',
+                 marks=needs_qwen3),
+])
+def test_internvl3_and_internvl3_5_configs_train_and_convert(tiny_checkpoint, shapes_meta, tmp_path, config, family):
+    """InternVL3 trains MLP + LLM on length-grouped batches; InternVL3.5 trains everything, ViT included, on
+    32768-token / 96-tile packs in random order (200 one-tile samples: 96 + 96 + 8 tiles, three steps)."""
+    base = tiny_checkpoint(family)
+    options = tiny_options(base, shapes_meta, **{'optim_wrapper.optimizer.lr': 1e-3})
+    packed = '/v3_5/' in config
+    if packed:
+        options.update({'train_dataloader.batch_size': 1, 'train_dataloader.num_workers': 0})
+        del options['train_dataloader.sampler.per_device_batch_size']   # random order: no length groups
+        for key in ('model_path', 'meta_path'):
+            options[f'train_dataloader.dataset.dataset.{key}'] = options.pop(f'train_dataloader.dataset.{key}')
+    work = str(tmp_path / 'work')
+    log = xtuner_train(config, work, options, port=29617)
+    checkpoint = _trained(work, log)
+    assert checkpoint.endswith('iter_3.pth' if packed else 'iter_100.pth'), log[-3000:]
+    trained = load_trained_state(checkpoint)
+    assert any(k.startswith('model.vision_model.') for k in trained) == packed
+    converted = _convert(work, config, checkpoint, str(tmp_path / 'converted'))
+    reference = InternVL_V1_5(base, torch_dtype='float32')
+    assert not torch.equal(_llm_weight(converted), _llm_weight(reference))
+    vision = (lambda model: model.model.vision_model.encoder.layers[0].mlp.fc1.weight)
+    assert torch.equal(vision(converted), vision(reference)) != packed
 
 
 def _last_checkpoint_iteration(work_dir: str) -> int:
