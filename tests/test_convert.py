@@ -342,6 +342,19 @@ def test_cli_one_line_for_empty_truncated_and_foreign_files(tmp_path, tiny_check
     assert not (tmp_path / 'out').exists()
 
 
+def test_cli_one_line_when_the_output_cannot_be_written(tmp_path, tiny_checkpoint):
+    """An output under a file stands in for a read-only or full disk (root may write anywhere): the OS error is
+    one line, and nothing is left behind."""
+    _, _, ckpt, config = mlp_only_run(tiny_checkpoint('qwen2'), tmp_path)
+    blocker = tmp_path / 'a-file'
+    blocker.write_text('')
+    result = convert_cli(config, ckpt, blocker / 'out')
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-1500:]
+    assert lines[-1] == f'convert_to_official: error: cannot write {blocker / "out"}: File exists ({blocker})'
+    assert sorted(os.listdir(tmp_path)) == ['a-file', 'config.py', 'iter_1.pth']
+
+
 class _RunsCode:
     """What a crafted checkpoint holds: unpickling it calls a function of the file's choosing."""
 

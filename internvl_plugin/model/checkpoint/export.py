@@ -96,9 +96,12 @@ def atomic_output_dir(save_dir: str, overwrite: bool = False,
     if os.path.isdir(target) and os.listdir(target) and not overwrite:
         raise FileExistsError(f'{save_dir} exists and is not empty; pass --overwrite to replace it')
     parent, name = os.path.dirname(target), os.path.basename(target)
-    os.makedirs(parent, exist_ok=True)
-    _remove_stale_temporaries(parent, name)
-    tmp = _make_temporary(parent, f'.{name}.tmp-')
+    try:
+        os.makedirs(parent, exist_ok=True)
+        _remove_stale_temporaries(parent, name)
+        tmp = _make_temporary(parent, f'.{name}.tmp-')
+    except OSError as error:   # a file on the way, a read-only or full disk, no permission
+        raise OSError(f'cannot write {save_dir}: {error.strerror} ({error.filename})') from None
     try:
         yield tmp
         os.remove(os.path.join(tmp, _OWNER_FILE))
