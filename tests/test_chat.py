@@ -57,3 +57,20 @@ def test_images_shown_later_join_the_earlier_ones(tiny_checkpoint, tmp_path):
     ids, turns = session.prompt('And this one?')
     assert session.pixel_values.shape[0] == 2 and turns[2].text.startswith('<image>\n')
     assert ids.count(session.encoder.img_context_id) == 2 * 256
+
+
+def test_a_native_layout_checkpoint_chats_with_the_prompt_and_answer_of_its_official_twin(tmp_path):
+    """What `convert_to_official.py --format hf` writes (and the -HF releases) chats as the official layout does."""
+    from PIL import Image
+
+    from internvl_plugin.tiny import build_tiny_checkpoint
+    official, native = str(tmp_path / 'official'), str(tmp_path / 'native')
+    build_tiny_checkpoint(official, seed=5)
+    build_tiny_checkpoint(native, seed=5, layout='hf')
+    image = Image.open(save_image(tmp_path / 'photo.png', 900, 450))
+    sessions = [ChatSession(folder, device='cpu') for folder in (official, native)]
+    for session in sessions:
+        session.show([image])
+    assert sessions[0].prompt('What is it?')[0] == sessions[1].prompt('What is it?')[0]
+    assert sessions[0].pixel_values.equal(sessions[1].pixel_values)
+    assert sessions[0].ask('What is it?', max_new_tokens=6) == sessions[1].ask('What is it?', max_new_tokens=6)
