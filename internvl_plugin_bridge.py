@@ -11,7 +11,9 @@ three finders to `sys.meta_path` (standard library only, no import of torch or t
   DeepSpeed strategy imports them to register their names, and no InternVL recipe uses them;
 - when xtuner's train tool loads its helpers (`xtuner.tools.utils`), the reads of the `--resume` checkpoint (xtuner's
   seed read, the runners' resume) unpickle mmengine's training state, which torch >= 2.6's weights_only default
-  refuses; every other torch.load keeps that default (`internvl_plugin.resume`).
+  refuses; every other torch.load keeps that default (`internvl_plugin.resume`);
+- when xtuner's command line (`xtuner.entry_point`) loads: a command it starts that fails (train.py, torchrun)
+  makes `xtuner` exit with that status; xtuner ignores it and exits 0 after a crashed run.
 
 `applied` lists what was added, so tests and `python -m internvl_plugin_bridge` can show it.
 """
@@ -103,8 +105,28 @@ def _trust_resume_reads(module) -> None:
     applied.append('xtuner --resume reads')
 
 
+class _FailingRunExits:
+    """`subprocess` as xtuner's CLI sees it: when the command it started (train.py, torchrun) fails, the CLI exits
+    with that status instead of returning 0, so a crashed run reads as failed in shells, schedulers and CI."""
+
+    def __getattr__(self, name: str):
+        return getattr(importlib.import_module('subprocess'), name)
+
+    @staticmethod
+    def run(*args, **kwargs):
+        result = importlib.import_module('subprocess').run(*args, **kwargs)
+        if result.returncode:
+            sys.exit(result.returncode)
+        return result
+
+
+def _exit_with_the_run(module) -> None:
+    module.subprocess = _FailingRunExits()
+    applied.append("xtuner's exit status")
+
+
 # Module -> what to do to it right after it has run.
-AFTER_IMPORT = {'xtuner.tools.utils': _trust_resume_reads}
+AFTER_IMPORT = {'xtuner.tools.utils': _trust_resume_reads, 'xtuner.entry_point': _exit_with_the_run}
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):

@@ -106,3 +106,18 @@ def test_xtuners_train_tool_reads_only_the_resume_checkpoint_in_full(tmp_path):
                           f'print(train.get_seed_from_checkpoint({own!r}), bridge.applied[-1])')
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == '1234 xtuner --resume reads'
+
+
+def test_xtuner_exits_with_the_status_of_a_failed_run(tmp_path):
+    """xtuner's CLI starts train.py in a child and used to return 0 whatever became of it."""
+    xtuner = os.path.join(os.path.dirname(sys.executable), 'xtuner')
+    broken = tmp_path / 'broken.py'
+    broken.write_text('model = dict(type=\n')
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH'])
+    failed = subprocess.run([xtuner, 'train', str(broken), '--work-dir', str(tmp_path / 'work')], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 1, failed.stdout[-1000:] + failed.stderr[-2000:]
+    assert 'SyntaxError' in failed.stderr
+    listed = subprocess.run([xtuner, 'list-cfg', '-p', 'internvl_v2_internlm2_2b'], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert listed.returncode == 0, listed.stderr[-2000:]

@@ -1,6 +1,6 @@
 """The real `xtuner train` CLI on the shipped configs (tiny checkpoint and data swapped in): full, LoRA, QLoRA,
 DeepSpeed ZeRO-2 in two processes, and --resume after the process is killed; each result converts with
-tools/convert_to_official.py into a model that loads. xtuner exits 0 even when training crashes: assert on files."""
+tools/convert_to_official.py into a model that loads. Each run must exit 0 and leave its checkpoint."""
 import glob
 import json
 import os

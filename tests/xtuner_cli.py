@@ -1,6 +1,7 @@
 """Runs the real `xtuner train` CLI on a config with a tiny checkpoint and tiny data (the test harness).
 
-`xtuner train` exits 0 even when training crashes, so callers check the files it leaves in the work dir.
+With the plugin's bridge a failed run exits non-zero (`xtuner_train` asserts 0); callers also check the files it
+leaves in the work dir.
 """
 import glob
 import os
@@ -59,6 +60,7 @@ def xtuner_train(config: str, work_dir: str, options: Dict[str, object], process
     """Runs training to the end; returns its output."""
     result = subprocess.run(xtuner_command(config, work_dir, options, **kwargs), env=xtuner_env(processes, port),
                             capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     return result.stdout + result.stderr
 
 

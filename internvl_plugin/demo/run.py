@@ -67,8 +67,9 @@ def train_command(repo: str, work_dir: str, model_path: str, meta_path: str, lr:
 _PROGRESS = re.compile(r'Iter\(train\) \[\s*(\d+)/(\d+)\].*? lr: (\S+).* loss: (\S+)')
 
 
-def run_logged(command: List[str], log_path: str) -> None:
-    """Runs `command`, writing its output to `log_path` and echoing each logged training iteration."""
+def run_logged(command: List[str], log_path: str) -> int:
+    """Runs `command`, writing its output to `log_path` and echoing each logged training iteration; returns its
+    exit status."""
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', ''))
     with open(log_path, 'w', encoding='utf-8') as log:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -78,7 +79,7 @@ def run_logged(command: List[str], log_path: str) -> None:
             if progress:
                 step, steps, lr, loss = progress.groups()
                 print(f'         iteration {step}/{steps}  lr {lr}  loss {loss}', flush=True)
-        process.wait()
+        return process.wait()
 
 
 def run_demo(work_dir: str, repo: str, lr: float = 2e-3, batch_size: int = 8, repeat_time: int = 4,
@@ -104,10 +105,11 @@ def run_demo(work_dir: str, repo: str, lr: float = 2e-3, batch_size: int = 8, re
     _log(f'fine-tuning on 512 images x repeat_time {repeat_time} (one epoch): xtuner train {DEMO_CONFIG} ...')
     os.makedirs(train_dir, exist_ok=True)
     train_log = os.path.join(work_dir, 'xtuner_train.log')
-    run_logged(command, train_log)
+    status = run_logged(command, train_log)
     marker = os.path.join(train_dir, 'last_checkpoint')
-    if not os.path.isfile(marker):  # xtuner train exits 0 even when training fails
-        raise RuntimeError(f'xtuner train left no checkpoint in {train_dir}; see {train_log}')
+    if status or not os.path.isfile(marker):
+        raise RuntimeError(f'xtuner train failed (exit status {status}) or left no checkpoint in {train_dir}; see '
+                           f'{train_log}')
     checkpoint = open(marker).read().strip()
     config = os.path.join(train_dir, os.path.basename(DEMO_CONFIG))  # the config with the overrides applied
     _log(f'converting {checkpoint} to the official layout in {converted}')
