@@ -11,7 +11,9 @@ three finders to `sys.meta_path` (standard library only, no import of torch or t
   DeepSpeed strategy imports them to register their names, and no InternVL recipe uses them;
 - when xtuner's train tool loads its helpers (`xtuner.tools.utils`), the reads of the `--resume` checkpoint (xtuner's
   seed read, the runners' resume) unpickle mmengine's training state, which torch >= 2.6's weights_only default
-  refuses; every other torch.load keeps that default (`internvl_plugin.resume`);
+  refuses; every other torch.load keeps that default (`internvl_plugin.resume`). Without CUDA it answers the bf16
+  question xtuner asks `torch.cpu` (gone in torch >= 2.6), and a one-process `--deepspeed` run started without a
+  launcher gets the rendezvous variables of a one-process group (DeepSpeed would look for MPI instead);
 - when xtuner's command line (`xtuner.entry_point`) loads: a command it starts that fails (train.py, torchrun)
   makes `xtuner` exit with that status; xtuner ignores it and exits 0 after a crashed run.
 
@@ -100,9 +102,37 @@ class _XtunerTrigger(importlib.abc.MetaPathFinder):
         return None
 
 
-def _trust_resume_reads(module) -> None:
+def _train_tool_helpers(module) -> None:
+    """xtuner.tools.utils: the --resume reads, and on a machine without CUDA the bf16 question xtuner asks
+    `torch.cpu` for a DeepSpeed config, which torch >= 2.6 no longer answers (DeepSpeed's CPU accelerator says
+    True)."""
     importlib.import_module('internvl_plugin.resume').trust_resume_reads(module)
     applied.append('xtuner --resume reads')
+    torch = importlib.import_module('torch')
+    if not hasattr(torch.cpu, 'is_bf16_supported'):
+        torch.cpu.is_bf16_supported = lambda: True
+        applied.append('torch.cpu.is_bf16_supported')
+    _single_process_rendezvous()
+
+
+SINGLE_PROCESS_ENV = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')
+
+
+def _single_process_rendezvous() -> None:
+    """`xtuner train --deepspeed` in one process (one GPU, as the QLoRA configs run) starts no launcher, and
+    DeepSpeed then looks for MPI and stops with `No module named 'mpi4py'` (xtuner issue 592). With no launcher's
+    variables set, the train tool gets those of a one-process group: rank 0 of 1 on a free local port."""
+    os = importlib.import_module('os')
+    if '--deepspeed' not in sys.argv or 'SLURM_PROCID' in os.environ or any(
+            name in os.environ for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')):
+        return
+    with importlib.import_module('socket').socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        port = probe.getsockname()[1]
+    defaults = {'RANK': '0', 'WORLD_SIZE': '1', 'LOCAL_RANK': '0', 'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(port)}
+    for name in SINGLE_PROCESS_ENV:
+        os.environ.setdefault(name, defaults[name])
+    applied.append('one-process rendezvous')
 
 
 class _FailingRunExits:
@@ -126,7 +156,7 @@ def _exit_with_the_run(module) -> None:
 
 
 # Module -> what to do to it right after it has run.
-AFTER_IMPORT = {'xtuner.tools.utils': _trust_resume_reads, 'xtuner.entry_point': _exit_with_the_run}
+AFTER_IMPORT = {'xtuner.tools.utils': _train_tool_helpers, 'xtuner.entry_point': _exit_with_the_run}
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):

@@ -88,6 +88,24 @@ def test_lora_and_qlora_runs_keep_only_adapters_and_convert_merged(tiny_checkpoi
     assert torch.equal(converted.model.mlp1[1].weight, reference.model.mlp1[1].weight)
 
 
+def test_one_process_deepspeed_runs_without_a_launcher_mpi4py_or_shims(tiny_checkpoint, tmp_path):
+    """As a user runs a QLoRA config on one GPU (here the CPU): `xtuner train CONFIG --deepspeed deepspeed_zero2`
+    with no RANK / MASTER_ADDR in the environment, no mpi4py, and none of the tests' CPU shims."""
+    folder = tmp_path / 'data'
+    meta = folder / 'meta.json'
+    folder.mkdir()
+    meta.write_text(json.dumps({'shapes': {'root': str(folder), 'annotation': write_split(str(folder), 'train', 8, seed=0)}}))
+    work = str(tmp_path / 'work')
+    env = {k: v for k, v in xtuner_env().items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR',
+                                                              'MASTER_PORT', 'PYTHONPATH')}
+    options = tiny_options(tiny_checkpoint('qwen2'), str(meta))
+    del options['env_cfg.dist_cfg.backend']   # the config's own nccl, as a user has it
+    result = subprocess.run(xtuner_command(FULL, work, options, deepspeed='deepspeed_zero2'), env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert checkpoints(work)[-1].endswith('iter_4.pth') and os.path.isdir(checkpoints(work)[-1])
+
+
 def test_deepspeed_zero2_in_two_processes(tiny_checkpoint, shapes_meta, tmp_path):
     base = tiny_checkpoint('internlm2')
     work = str(tmp_path / 'work')

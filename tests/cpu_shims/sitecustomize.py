@@ -1,11 +1,10 @@
-"""CPU shims for running `xtuner train --deepspeed` on a machine without a GPU (test harness only).
+"""A CPU shim for running `xtuner train` in several processes on a machine without a GPU (test harness only).
 
-Put on PYTHONPATH by tests/xtuner_cli.py, so they are active in every process `xtuner train` starts, before the
-runner: the product never needs them on GPUs.
+Put on PYTHONPATH by tests/xtuner_cli.py, so it is active in every process `xtuner train` starts, before the
+runner: the product never needs it on GPUs, and one process needs nothing (the bridge answers xtuner's bf16
+question and gives a launcher-less DeepSpeed run its one-process group).
 """
 import torch
 
-if not hasattr(torch.cpu, 'is_bf16_supported'):  # DeepSpeed's CPU accelerator asks; torch >= 2.6 dropped it
-    torch.cpu.is_bf16_supported = lambda: True
 if not torch.cuda.is_available():
     torch.cuda.set_device = lambda device: None  # mmengine calls it per rank when it starts a distributed run
