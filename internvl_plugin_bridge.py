@@ -6,6 +6,8 @@ three finders to `sys.meta_path` (standard library only, no import of torch or t
 
 - when `xtuner` is first imported, before any of its code runs: each name of `TRANSFORMERS_NAMES` that the
   installed transformers lacks is added (on xtuner's own pin, 4.48, every name is there and nothing is added);
+- when `bitsandbytes` is first imported: its warning that the hub's CPU 4-bit kernel could not be fetched (printed
+  by every command on an AVX-512 CPU without the `kernels` package; bitsandbytes' own kernel runs) is left out;
 - when `deepspeed.runtime.fp16.onebit` (the 1-bit optimizers, removed in deepspeed 0.19.7) is imported and
   deepspeed has no such module, it serves one whose optimizers refuse to be built with a line saying why: mmengine's
   DeepSpeed strategy imports them to register their names, and no InternVL recipe uses them;
@@ -89,16 +91,33 @@ class _OnebitLoader(importlib.abc.Loader):
         applied.append(ONEBIT_MODULE)
 
 
-class _XtunerTrigger(importlib.abc.MetaPathFinder):
-    """First on sys.meta_path: adds the names the first time `xtuner` is looked up, before any finder loads it."""
+# bitsandbytes >= 0.49 on an AVX-512 CPU tries to fetch a faster 4-bit kernel from the hub with the `kernels`
+# package, and logs a warning in every process when it cannot (no package, or offline); its own CPU kernel runs.
+BITSANDBYTES_KERNEL_FETCH = ('bitsandbytes.backends.cpu.ops', 'Failed to load CPU gemm_4bit_forward from kernels-community')
+
+
+def _quiet_bitsandbytes_kernel_fetch() -> None:
+    logger_name, message = BITSANDBYTES_KERNEL_FETCH
+    logging = importlib.import_module('logging')
+    logging.getLogger(logger_name).addFilter(lambda record: not str(record.msg).startswith(message))
+    applied.append('quiet bitsandbytes kernel fetch')
+
+
+# Module -> what to do before it is first imported.
+BEFORE_IMPORT = {'xtuner': add_missing_transformers_names, 'bitsandbytes': _quiet_bitsandbytes_kernel_fetch}
+
+
+class _BeforeImport(importlib.abc.MetaPathFinder):
+    """First on sys.meta_path: runs the action of BEFORE_IMPORT the first time its module is looked up, before any
+    finder loads it; it finds nothing itself."""
 
     def __init__(self) -> None:
-        self.done = False
+        self.done: set = set()
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname == 'xtuner' and not self.done:
-            self.done = True
-            add_missing_transformers_names()
+        if fullname in BEFORE_IMPORT and fullname not in self.done:
+            self.done.add(fullname)
+            BEFORE_IMPORT[fullname]()
         return None
 
 
@@ -192,7 +211,7 @@ def install() -> None:
     """Called from the .pth file at start-up; cheap and idempotent."""
     if any(isinstance(finder, _OnebitFallback) for finder in sys.meta_path):
         return
-    sys.meta_path[:0] = [_XtunerTrigger(), _AfterImport()]
+    sys.meta_path[:0] = [_BeforeImport(), _AfterImport()]
     sys.meta_path.append(_OnebitFallback())
 
 

@@ -28,7 +28,7 @@ def test_the_package_installs_the_start_up_hook():
         assert f.read().strip() == 'import internvl_plugin_bridge; internvl_plugin_bridge.install()'
     result = fresh_python('import sys; print(sorted(type(f).__name__ for f in sys.meta_path '
                           "if type(f).__module__ == 'internvl_plugin_bridge'))")
-    assert result.stdout.strip() == "['_AfterImport', '_OnebitFallback', '_XtunerTrigger']", result.stderr
+    assert result.stdout.strip() == "['_AfterImport', '_BeforeImport', '_OnebitFallback']", result.stderr
     # Start-up stays cheap: the hook imports neither torch nor transformers.
     result = fresh_python("import sys; print('torch' in sys.modules, 'transformers' in sys.modules)")
     assert result.stdout.strip() == 'False False'
@@ -121,3 +121,11 @@ def test_xtuner_exits_with_the_status_of_a_failed_run(tmp_path):
     listed = subprocess.run([xtuner, 'list-cfg', '-p', 'internvl_v2_internlm2_2b'], env=env, capture_output=True,
                             text=True, timeout=300)
     assert listed.returncode == 0, listed.stderr[-2000:]
+
+
+def test_bitsandbytes_imports_without_the_kernel_fetch_warning():
+    result = fresh_python('import logging; logging.basicConfig(); import bitsandbytes, internvl_plugin_bridge as b; '
+                          "print('quiet bitsandbytes kernel fetch' in b.applied)")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == 'True'
+    assert 'gemm_4bit_forward' not in result.stderr
