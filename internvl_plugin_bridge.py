@@ -16,8 +16,9 @@ three finders to `sys.meta_path` (standard library only, no import of torch or t
   refuses; every other torch.load keeps that default (`internvl_plugin.resume`). Without CUDA it answers the bf16
   question xtuner asks `torch.cpu` (gone in torch >= 2.6), and a one-process `--deepspeed` run started without a
   launcher gets the rendezvous variables of a one-process group (DeepSpeed would look for MPI instead);
-- when xtuner's command line (`xtuner.entry_point`) loads: a command it starts that fails (train.py, torchrun)
-  makes `xtuner` exit with that status; xtuner ignores it and exits 0 after a crashed run.
+- when xtuner's command line (`xtuner.entry_point`) loads: the commands it starts (train.py, torchrun) run with
+  this environment's Python, and one that fails makes `xtuner` exit with its status; xtuner ignores it and exits
+  0 after a crashed run.
 
 `applied` lists what was added, so tests and `python -m internvl_plugin_bridge` can show it.
 """
@@ -155,15 +156,21 @@ def _single_process_rendezvous() -> None:
 
 
 class _FailingRunExits:
-    """`subprocess` as xtuner's CLI sees it: when the command it started (train.py, torchrun) fails, the CLI exits
-    with that status instead of returning 0, so a crashed run reads as failed in shells, schedulers and CI."""
+    """`subprocess` as xtuner's CLI sees it. The command it starts (`python .../train.py`, `torchrun ...`) runs
+    with this environment's interpreter and torchrun, not whichever `python` comes first on PATH (xtuner called by
+    its path from an environment that is not activated started another Python); and when that command fails, the
+    CLI exits with its status instead of returning 0, so a crashed run reads as failed in shells and CI."""
 
     def __getattr__(self, name: str):
         return getattr(importlib.import_module('subprocess'), name)
 
     @staticmethod
-    def run(*args, **kwargs):
-        result = importlib.import_module('subprocess').run(*args, **kwargs)
+    def run(command, *args, **kwargs):
+        os = importlib.import_module('os')
+        own = {'python': sys.executable, 'torchrun': os.path.join(os.path.dirname(sys.executable), 'torchrun')}
+        if isinstance(command, list) and command and os.path.isfile(own.get(command[0], '')):
+            command = [own[command[0]]] + command[1:]
+        result = importlib.import_module('subprocess').run(command, *args, **kwargs)
         if result.returncode:
             sys.exit(result.returncode)
         return result

@@ -108,12 +108,14 @@ def test_xtuners_train_tool_reads_only_the_resume_checkpoint_in_full(tmp_path):
     assert result.stdout.strip().splitlines()[-1] == '1234 True'
 
 
-def test_xtuner_exits_with_the_status_of_a_failed_run(tmp_path):
-    """xtuner's CLI starts train.py in a child and used to return 0 whatever became of it."""
+def test_xtuner_called_by_path_runs_its_own_python_and_exits_with_the_status_of_a_failed_run(tmp_path):
+    """xtuner's CLI starts `python train.py` from PATH and used to return 0 whatever became of it."""
     xtuner = os.path.join(os.path.dirname(sys.executable), 'xtuner')
     broken = tmp_path / 'broken.py'
     broken.write_text('model = dict(type=\n')
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH'])
+    # Not activated: this environment's bin is not on PATH (a `python` there, if any, is another one).
+    env = dict(os.environ, PATH=os.pathsep.join(p for p in os.environ['PATH'].split(os.pathsep)
+                                                if p != os.path.dirname(sys.executable)))
     failed = subprocess.run([xtuner, 'train', str(broken), '--work-dir', str(tmp_path / 'work')], env=env,
                             capture_output=True, text=True, timeout=300)
     assert failed.returncode == 1, failed.stdout[-1000:] + failed.stderr[-2000:]
