@@ -16,9 +16,28 @@ def run_benchmark(script: str, *args: str) -> str:
     return result.stdout
 
 
-def test_train_step_real_size_path_reports_throughput_mfu_and_memory():
+def test_gpu_check_dry_run_runs_its_rows_at_tiny_sizes_and_reports_each(tmp_path):
+    """benchmarks/gpu_check.sh --dry-run: the device script's own path (versions, rows, summary) on a CPU, so that
+    nothing is first tried on a lent GPU. Its full-fine-tune row is train_step.py's --size path, checked below."""
+    out = tmp_path / 'out'
+    result = subprocess.run(['bash', os.path.join(ROOT, 'benchmarks', 'gpu_check.sh'), '--dry-run', str(out)],
+                            env=dict(os.environ, PYTHON=sys.executable), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    device = (out / 'device.txt').read_text()
+    assert f'torch: {torch_version()}' in device and 'transformers: ' in device
+    assert (out / 'summary.txt').read_text().splitlines() == [
+        'tiny-full-sdpa: 3 rows', 'tiny-lora-sdpa: 3 rows',
+        'memory estimate beside each peak: no estimator yet (issue 16)']
+    check_train_step_rows((out / 'tiny-full-sdpa.txt').read_text().splitlines())
+
+
+def torch_version() -> str:
+    import torch
+    return torch.__version__
+
+
+def check_train_step_rows(lines):
     """--size tiny takes the --size path (config-only checkpoint, random init, the 1B recipe) on a CPU."""
-    lines = run_benchmark('train_step.py', '--size', 'tiny', '--samples', '24', '--peak-tflops', '0.5').splitlines()
     assert lines[-5].startswith('tiny shapes (random init), mode full, configs/v2_5/internvl_v2_5_qwen2_5_0_5b_fine')
     row = re.compile(r'\s+(\d+) tokens/s, padding\s+([\d.]+)%, MFU\s+([\d.]+)%, peak memory\s+([\d.]+) GiB$')
     rows = {}
