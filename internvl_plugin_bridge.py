@@ -94,7 +94,8 @@ class _OnebitLoader(importlib.abc.Loader):
 
 # bitsandbytes >= 0.49 on an AVX-512 CPU tries to fetch a faster 4-bit kernel from the hub with the `kernels`
 # package, and logs a warning in every process when it cannot (no package, or offline); its own CPU kernel runs.
-BITSANDBYTES_KERNEL_FETCH = ('bitsandbytes.backends.cpu.ops', 'Failed to load CPU gemm_4bit_forward from kernels-community')
+BITSANDBYTES_KERNEL_FETCH = ('bitsandbytes.backends.cpu.ops',
+                             'Failed to load CPU gemm_4bit_forward from kernels-community')
 
 
 def _quiet_bitsandbytes_kernel_fetch() -> None:
