@@ -13,8 +13,8 @@ three finders to `sys.meta_path` (standard library only, no import of torch or t
   DeepSpeed strategy imports them to register their names, and no InternVL recipe uses them;
 - when xtuner's train tool loads its helpers (`xtuner.tools.utils`), the reads of the `--resume` checkpoint (xtuner's
   seed read, the runners' resume) unpickle mmengine's training state, which torch >= 2.6's weights_only default
-  refuses; every other torch.load keeps that default (`internvl_plugin.resume`). Without CUDA it answers the bf16
-  question xtuner asks `torch.cpu` (gone in torch >= 2.6), and a one-process `--deepspeed` run started without a
+  refuses; every other torch.load keeps that default (`internvl_plugin.resume`). It adds the bf16 question xtuner
+  asks `torch.cpu` on a machine without CUDA (gone in torch >= 2.6), and a one-process `--deepspeed` run started without a
   launcher gets the rendezvous variables of a one-process group (DeepSpeed would look for MPI instead);
 - when xtuner's command line (`xtuner.entry_point`) loads: the commands it starts (train.py, torchrun) run with
   this environment's Python, and one that fails makes `xtuner` exit with its status; xtuner ignores it and exits
@@ -124,9 +124,9 @@ class _BeforeImport(importlib.abc.MetaPathFinder):
 
 
 def _train_tool_helpers(module) -> None:
-    """xtuner.tools.utils: the --resume reads, and on a machine without CUDA the bf16 question xtuner asks
-    `torch.cpu` for a DeepSpeed config, which torch >= 2.6 no longer answers (DeepSpeed's CPU accelerator says
-    True)."""
+    """xtuner.tools.utils: the --resume reads; `torch.cpu.is_bf16_supported`, gone in torch >= 2.6, which xtuner asks
+    for a DeepSpeed config on a machine without CUDA (True, as DeepSpeed's CPU accelerator says); and the
+    rendezvous of a one-process run."""
     importlib.import_module('internvl_plugin.resume').trust_resume_reads(module)
     applied.append('xtuner --resume reads')
     torch = importlib.import_module('torch')

@@ -7,7 +7,7 @@ this module. The other direction (official -> native, for `--format hf`) is `mod
 `hf_config`.
 """
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 from .files import read_json
 
@@ -34,22 +34,27 @@ NATIVE_DEFAULT_TILING = {'dynamic_image_size': True, 'use_thumbnail': True, 'min
 NATIVE_TEMPLATE = 'internvl2_5'
 
 
-def checkpoint_layout(folder: str) -> str:
-    """'official' or 'hf', from config.json's model_type; one line for anything else."""
+def _config_and_layout(folder: str) -> Tuple[Dict[str, Any], str]:
+    """config.json and its layout, 'official' or 'hf' by model_type; one line for anything else."""
     path = os.path.join(folder, 'config.json')
     if not os.path.isfile(path):
         raise FileNotFoundError(f'{folder} has no config.json; expected an InternVL checkpoint folder')
-    model_type = read_json(path).get('model_type')
+    config = read_json(path)
+    model_type = config.get('model_type')
     if model_type not in LAYOUTS:
         raise ValueError(f"{path}: model_type is '{model_type}', expected 'internvl_chat' (an official InternVL "
                          "checkpoint) or 'internvl' (transformers' native InternVL)")
-    return LAYOUTS[model_type]
+    return config, LAYOUTS[model_type]
+
+
+def checkpoint_layout(folder: str) -> str:
+    """'official' or 'hf'."""
+    return _config_and_layout(folder)[1]
 
 
 def read_checkpoint_config(folder: str) -> Dict[str, Any]:
     """config.json in the official fields, whichever layout the folder has."""
-    layout = checkpoint_layout(folder)
-    config = read_json(os.path.join(folder, 'config.json'))
+    config, layout = _config_and_layout(folder)
     if layout == OFFICIAL:
         return config
     processor_path = os.path.join(folder, 'preprocessor_config.json')

@@ -12,8 +12,8 @@ import time
 import pytest
 import torch
 from conftest import needs_cpu_4bit, needs_qwen3
-from xtuner_cli import (REPO, checkpoints, packed_config, saved_config, tiny_options, xtuner_command, xtuner_env,
-                        xtuner_train)
+from xtuner_cli import (REPO, checkpoints, inside_packed_dataset, packed_config, saved_config, tiny_options,
+                        xtuner_command, xtuner_env, xtuner_train)
 
 from internvl_plugin import InternVL_V1_5
 from internvl_plugin.demo.shapes import write_split
@@ -124,9 +124,8 @@ def test_packed_training_with_deepspeed_zero2(tiny_checkpoint, shapes_meta, tmp_
     """The 8B config with its dataset packed (4096-token packs, 'square' loss) under xtuner train + ZeRO-2."""
     base = tiny_checkpoint('internlm2')
     config = packed_config(ZERO2, str(tmp_path / 'packed.py'), max_packed_tokens=4096)
-    options = tiny_options(base, shapes_meta, batch_size=1, **{'train_dataloader.dataset.dataset.max_length': 4096})
-    for key in ('model_path', 'meta_path'):
-        options[f'train_dataloader.dataset.dataset.{key}'] = options.pop(f'train_dataloader.dataset.{key}')
+    options = inside_packed_dataset(tiny_options(base, shapes_meta, batch_size=1,
+                                                 **{'train_dataloader.dataset.dataset.max_length': 4096}))
     work = str(tmp_path / 'work')
     log = xtuner_train(config, work, options, deepspeed='deepspeed_zero2', port=29616)
     checkpoint = _trained(work, log)
@@ -148,10 +147,9 @@ def test_internvl3_and_internvl3_5_configs_train_and_convert(tiny_checkpoint, sh
     options = tiny_options(base, shapes_meta, **{'optim_wrapper.optimizer.lr': 1e-3})
     packed = '/v3_5/' in config
     if packed:
-        options.update({'train_dataloader.batch_size': 1, 'train_dataloader.num_workers': 0})
+        options['train_dataloader.batch_size'] = 1
         del options['train_dataloader.sampler.per_device_batch_size']   # random order: no length groups
-        for key in ('model_path', 'meta_path'):
-            options[f'train_dataloader.dataset.dataset.{key}'] = options.pop(f'train_dataloader.dataset.{key}')
+        inside_packed_dataset(options)
     work = str(tmp_path / 'work')
     log = xtuner_train(config, work, options, port=29617)
     checkpoint = _trained(work, log)

@@ -28,6 +28,14 @@ def tiny_options(model_path: str, meta_path: str, interval: int = 1000, batch_si
     return options
 
 
+def inside_packed_dataset(options: Dict[str, object]) -> Dict[str, object]:
+    """`tiny_options` for a config whose dataset is wrapped in PackedDataset: the checkpoint and data go to the
+    samples' dataset inside it."""
+    for key in ('model_path', 'meta_path'):
+        options[f'train_dataloader.dataset.dataset.{key}'] = options.pop(f'train_dataloader.dataset.{key}')
+    return options
+
+
 def xtuner_command(config: str, work_dir: str, options: Dict[str, object], deepspeed: Optional[str] = None,
                    resume: Optional[str] = None, seed: Optional[int] = 0) -> List[str]:
     command = [os.path.join(os.path.dirname(sys.executable), 'xtuner'), 'train', os.path.join(REPO, config),

@@ -18,12 +18,12 @@ from torch.utils.data import Dataset
 
 from ..checkpoint_layout import read_checkpoint_config
 from ..files import build_from_config, load_tokenizer, resolve_model_path
+from ..template_names import official_template_name
 from .image import ImageSettings, TileLimits, jpeg_recompress, resize_tile
 from .parallel import default_workers, map_in_processes
 from .samples import Sample, SampleError, expand_video, media_outside_root, missing_media, parse_sample
 from .sources import (DataError, DataSource, LineStore, check_setting, read_annotation, read_meta, repeat_indices,
                       xtuner_sources)
-from ..template_names import official_template_name
 from .templates import IGNORE_INDEX, IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, Encoded, TemplateEncoder, Turn, get_template
 from .video import open_video, sample_frame_indices
 
@@ -368,7 +368,8 @@ class InternVL_V1_5_Dataset(Dataset):
             if len(self._unusable) == self._lines_in_use:
                 break
             position = (index + attempt) % len(self)
-            if int(self._index[position]) in self._unusable:
+            line = int(self._index[position])
+            if line in self._unusable:
                 continue
             try:
                 return position, self.load(position)
@@ -378,7 +379,7 @@ class InternVL_V1_5_Dataset(Dataset):
                     raise DataError(message + ' (pass skip_bad_samples=True to use the next sample instead)') from None
             except SampleDropped as dropped:
                 message = f'{self.where(position)}: {dropped}'
-            self._unusable.setdefault(int(self._index[position]), message)
+            self._unusable.setdefault(line, message)
             self.warn_once(position, f'{message}; using the next sample instead')
         first = next(iter(self._unusable.values()), '')
         raise DataError(f'none of the {len(self)} samples can be loaded: each is bad or cannot fit max_length '

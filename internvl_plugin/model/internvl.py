@@ -68,7 +68,7 @@ class InternVL_V1_5(BaseModel):
             self.config = read_internvl_config(self.model_path)
             self.layout = checkpoint_layout(self.model_path)
             self.tokenizer = load_tokenizer(self.model_path, trust_remote_code=trust_remote_code)
-            weights = None if random_init else load_checkpoint_weights(self.model_path, self.config)
+            weights = None if random_init else load_checkpoint_weights(self.model_path, self.config, self.layout)
             source = self.model_path
         elif random_init:
             raise ValueError('random_init builds the network from model_path\'s config.json; give model_path')

@@ -5,7 +5,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import nn
 
-from ...checkpoint_layout import NATIVE, checkpoint_layout, read_checkpoint_config
+from ...checkpoint_layout import NATIVE, read_checkpoint_config
 from ...files import read_json
 from ..modeling.intern_vit import InternVisionConfig, InternVisionModel
 from ..modeling.internvl_chat import InternVLChatModel, build_mlp1
@@ -30,12 +30,12 @@ def read_internvl_config(folder: str) -> Dict[str, Any]:
     return config
 
 
-def load_checkpoint_weights(folder: str, config: Dict[str, Any]) -> StateDict:
-    """The folder's weights in official names. A native folder's are mapped; where its text config ties the output
-    layer to the embeddings and the file holds no output layer, the network gets it as a copy of them (InternVL
-    never ties)."""
+def load_checkpoint_weights(folder: str, config: Dict[str, Any], layout: str) -> StateDict:
+    """The folder's weights in official names. A native (`layout` 'hf') folder's are mapped; where its text config
+    ties the output layer to the embeddings and the file holds no output layer, the network gets it as a copy of
+    them (InternVL never ties)."""
     weights = load_weights(folder)
-    if checkpoint_layout(folder) != NATIVE:
+    if layout != NATIVE:
         return weights
     weights = hf_to_network(weights, folder)
     head, embeddings = 'language_model.lm_head.weight', 'language_model.model.embed_tokens.weight'
