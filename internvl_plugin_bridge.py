@@ -7,27 +7,37 @@ three finders to `sys.meta_path` (standard library only, no import of torch or t
 - when `xtuner` is first imported, before any of its code runs: each name of `TRANSFORMERS_NAMES` that the
   installed transformers lacks is added (on xtuner's own pin, 4.48, every name is there and nothing is added);
 - when `bitsandbytes` is first imported: its warning that the hub's CPU 4-bit kernel could not be fetched (printed
-  by every command on an AVX-512 CPU without the `kernels` package; bitsandbytes' own kernel runs) is left out;
+  by every command on an AVX-512 CPU, with or without the `kernels` package; bitsandbytes' own kernel runs) is left
+  out;
 - when `deepspeed.runtime.fp16.onebit` (the 1-bit optimizers, removed in deepspeed 0.19.7) is imported and
   deepspeed has no such module, it serves one whose optimizers refuse to be built with a line saying why: mmengine's
   DeepSpeed strategy imports them to register their names, and no InternVL recipe uses them;
-- when xtuner's train tool loads its helpers (`xtuner.tools.utils`), the reads of the `--resume` checkpoint (xtuner's
-  seed read, the runners' resume) unpickle mmengine's training state, which torch >= 2.6's weights_only default
-  refuses; every other torch.load keeps that default (`internvl_plugin.resume`). It adds the bf16 question xtuner
-  asks `torch.cpu` on a machine without CUDA (gone in torch >= 2.6), and a one-process `--deepspeed` run started without a
-  launcher gets the rendezvous variables of a one-process group (DeepSpeed would look for MPI instead);
+- when xtuner's train tool loads its helpers (`xtuner.tools.utils`), the plugin's changes to the tool apply
+  (`internvl_plugin.train_tool`: `--cfg-options` settings reach their uses, the data is built before the model);
+  the reads of the `--resume` checkpoint (xtuner's seed read, the runners' resume) unpickle mmengine's training
+  state, which torch >= 2.6's weights_only default refuses; every other torch.load keeps that default
+  (`internvl_plugin.resume`). It adds the bf16 question xtuner asks `torch.cpu` on a machine without CUDA (gone
+  in torch >= 2.6), and a one-process `--deepspeed` run started without a launcher gets the rendezvous variables
+  of a one-process group (DeepSpeed would look for MPI instead);
 - when xtuner's command line (`xtuner.entry_point`) loads: the commands it starts (train.py, torchrun) run with
   this environment's Python, and one that fails makes `xtuner` exit with its status; xtuner ignores it and exits
-  0 after a crashed run.
+  0 after a crashed run;
+- when `xtuner.configs` loads: the plugin's configs join xtuner's config names (`xtuner train NAME`, `copy-cfg`),
+  taking the names they share with XTuner's own InternVL configs;
+- when `mmengine.config.config` loads: `read_base()` of an installed package's module (the configs' shared
+  `internvl_plugin.config_base`) reads the file Python imports, where mmengine needs pkg_resources (gone in
+  setuptools >= 81) and names site-packages for an editable install.
 
 `applied` lists what was added, so tests and `python -m internvl_plugin_bridge` can show it.
 """
+import glob
 import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import os
 import sys
-from typing import Callable, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 ONEBIT_MODULE = 'deepspeed.runtime.fp16.onebit'
 ONEBIT_OPTIMIZERS = ('OnebitAdam', 'OnebitLamb', 'ZeroOneAdam')
@@ -93,7 +103,8 @@ class _OnebitLoader(importlib.abc.Loader):
 
 
 # bitsandbytes >= 0.49 on an AVX-512 CPU tries to fetch a faster 4-bit kernel from the hub with the `kernels`
-# package, and logs a warning in every process when it cannot (no package, or offline); its own CPU kernel runs.
+# package, and logs a warning in every process when it cannot (no package, offline, or kernels 0.19 refusing the
+# repository as unverified, which also means no code is fetched); its own CPU kernel runs.
 BITSANDBYTES_KERNEL_FETCH = ('bitsandbytes.backends.cpu.ops',
                              'Failed to load CPU gemm_4bit_forward from kernels-community')
 
@@ -124,11 +135,13 @@ class _BeforeImport(importlib.abc.MetaPathFinder):
 
 
 def _train_tool_helpers(module) -> None:
-    """xtuner.tools.utils: the --resume reads; `torch.cpu.is_bf16_supported`, gone in torch >= 2.6, which xtuner asks
-    for a DeepSpeed config on a machine without CUDA (True, as DeepSpeed's CPU accelerator says); and the
-    rendezvous of a one-process run."""
+    """xtuner.tools.utils: the --resume reads; the plugin's train-tool changes; `torch.cpu.is_bf16_supported`,
+    gone in torch >= 2.6, which xtuner asks for a DeepSpeed config on a machine without CUDA (True, as DeepSpeed's
+    CPU accelerator says); and the rendezvous of a one-process run."""
     importlib.import_module('internvl_plugin.resume').trust_resume_reads(module)
     applied.append('xtuner --resume reads')
+    importlib.import_module('internvl_plugin.train_tool').apply()
+    applied.append('settings reach their uses, data before the model')
     torch = importlib.import_module('torch')
     if not hasattr(torch.cpu, 'is_bf16_supported'):
         torch.cpu.is_bf16_supported = lambda: True
@@ -182,8 +195,71 @@ def _exit_with_the_run(module) -> None:
     applied.append("xtuner's exit status")
 
 
+def _package_folder(package: str) -> Optional[str]:
+    """The folder Python imports `package` from; None when there is no such package."""
+    spec = importlib.util.find_spec(package)
+    return list(spec.submodule_search_locations)[0] if spec and spec.submodule_search_locations else None
+
+
+def _installed_path(package: str) -> str:
+    """mmengine's `get_installed_path`, answered with the folder Python imports `package` from. mmengine asks the
+    distribution's metadata through pkg_resources, which setuptools >= 81 no longer ships, and which names
+    site-packages, not the source folder, for an editable install: `read_base()` of an installed config module
+    (`internvl_plugin.config_base...`) failed either way."""
+    folder = _package_folder(package)
+    if folder is None:
+        raise ModuleNotFoundError(f'no package {package!r} to read a base config from (is it installed?)')
+    return folder
+
+
+def _config_reads_imported_packages(module) -> None:
+    module.get_installed_path = _installed_path
+    applied.append('read_base() from installed packages')
+
+
+def plugin_configs() -> Dict[str, str]:
+    """Config name -> file of every config the plugin ships (`configs/*/internvl_*.py` beside the package: a source
+    checkout, installed with `pip install -e .`)."""
+    package = _package_folder('internvl_plugin')
+    if package is None:
+        return {}
+    pattern = os.path.join(os.path.dirname(package), 'configs', '*', 'internvl_*.py')
+    return {os.path.basename(path)[:-3]: path for path in sorted(glob.glob(pattern))}
+
+
+class ConfigNames(dict):
+    """xtuner's config names (`xtuner train NAME`, `copy-cfg`, `list-cfg`) with the plugin's configs taking the
+    names they share: each XTuner InternVL config name is also one of the plugin's, whose config is the one that
+    runs. XTuner's own InternVL configs are never reached by name (where the plugin's configs are not found, as
+    after a plain `pip install .`, their names are refused); a name that is neither a file nor a config stops with
+    one line instead of xtuner's traceback."""
+
+    def __init__(self, xtuner_names: Dict[str, str], plugin_names: Dict[str, str]) -> None:
+        xtuners_internvl = {name for name, path in xtuner_names.items()
+                            if name.startswith('internvl_') and f'{os.sep}internvl{os.sep}' in path}
+        self.refused = xtuners_internvl - set(plugin_names)
+        super().__init__({name: path for name, path in {**xtuner_names, **plugin_names}.items()
+                          if name not in self.refused})
+
+    def __missing__(self, name: str) -> str:
+        if name in self.refused:
+            raise SystemExit(f"xtuner: {name!r} names XTuner's own InternVL config, which does not use "
+                             "internvl_plugin, and the plugin's configs are not beside its installed package "
+                             '(install it with `pip install -e .` from a checkout, or give the config file)')
+        close = importlib.import_module('difflib').get_close_matches(name, list(self), n=3, cutoff=0.8)
+        hint = f'; did you mean {" or ".join(close)}?' if close else ''
+        raise SystemExit(f'xtuner: {name!r} is neither a file nor a config name{hint} '
+                         f'(`xtuner list-cfg -p internvl` lists the names)')
+
+
+def _plugin_config_names(module) -> None:
+    module.cfgs_name_path = ConfigNames(module.cfgs_name_path, plugin_configs())
+    applied.append('plugin config names')
+
+
 # Module -> what to do to it right after it has run.
-AFTER_IMPORT = {'xtuner.tools.utils': _train_tool_helpers, 'xtuner.entry_point': _exit_with_the_run}
+AFTER_IMPORT = {'xtuner.tools.utils': _train_tool_helpers, 'xtuner.entry_point': _exit_with_the_run,
+                'mmengine.config.config': _config_reads_imported_packages, 'xtuner.configs': _plugin_config_names}
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):

@@ -4,20 +4,25 @@
 #
 #   bash benchmarks/gpu_check.sh OUT                # on the lent H100 / H200
 #   bash benchmarks/gpu_check.sh --dry-run OUT      # the same rows at tiny sizes on a CPU (what CI runs)
+#   bash benchmarks/gpu_check.sh --memory OUT       # the memory estimate beside the real peak (a call of its own)
 #
 # Rows: 1B and 2B full fine-tune and 8B LoRA with SDPA (and with flash attention 2 where flash_attn imports), the
 # 26B QLoRA worst case where bitsandbytes imports. Each prints packed and unpacked tokens/s, MFU and peak memory.
+# With --memory the rows are benchmarks/memory_check.py's instead (issue 16): 1B and 2B full, 8B LoRA and 26B
+# QLoRA, each the estimate of tools/estimate_memory.py beside torch.cuda.max_memory_allocated of the same step.
 # A machine without the training stack (mmengine and its helpers are pure Python) gets it from wheels in
 # $GPU_CHECK_WHEELS (default .gpu_wheels: `pip download --no-deps -d .gpu_wheels mmengine==0.10.7 addict yapf
 # termcolor rich`), installed with --no-deps into a user site. OUT/summary.txt lists every row and how it ended.
 set -u
 
 dry_run=0
-if [ "${1:-}" = "--dry-run" ]; then
-    dry_run=1
+memory=0
+while [ "${1:-}" = "--dry-run" ] || [ "${1:-}" = "--memory" ]; do
+    [ "$1" = "--dry-run" ] && dry_run=1
+    [ "$1" = "--memory" ] && memory=1
     shift
-fi
-out="${1:?usage: bash benchmarks/gpu_check.sh [--dry-run] OUT}"
+done
+out="${1:?usage: bash benchmarks/gpu_check.sh [--dry-run] [--memory] OUT}"
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 python="${PYTHON:-python}"
 mkdir -p "$out"
@@ -47,38 +52,49 @@ EOF
 } > "$out/device.txt" 2>&1
 
 has() { "$python" -c "import $1" 2> /dev/null; }
+# add_if MODULE ROW: the row where MODULE imports, else a summary line saying it is left out and why
+add_if() {
+    if has "$1"; then
+        rows+=("$2")
+    else
+        echo "${2%%|*}: left out ($1 does not import)" >> "$summary"
+    fi
+}
 
-# name, seconds, train_step.py arguments
+# name, seconds, script, its arguments
 rows=()
-if [ "$dry_run" = 1 ]; then
-    rows+=("tiny-full-sdpa|400|--size tiny --mode full --samples 24 --peak-tflops 0.5 --attn sdpa")
-    rows+=("tiny-lora-sdpa|400|--size tiny --mode lora --samples 24 --peak-tflops 0.5 --attn sdpa")
+if [ "$memory" = 1 ] && [ "$dry_run" = 1 ]; then
+    rows+=("tiny-full-memory|300|memory_check.py|--size tiny --mode full")
+    rows+=("tiny-lora-memory|300|memory_check.py|--size tiny --mode lora")
+elif [ "$memory" = 1 ]; then
+    rows+=("1b-full-memory|120|memory_check.py|--size 1b --mode full")
+    rows+=("2b-full-memory|140|memory_check.py|--size 2b --mode full")
+    rows+=("8b-lora-memory|140|memory_check.py|--size 8b --mode lora")
+    add_if bitsandbytes "26b-qlora-memory|180|memory_check.py|--size 26b --mode qlora"
+elif [ "$dry_run" = 1 ]; then
+    rows+=("tiny-full-sdpa|400|train_step.py|--size tiny --mode full --samples 24 --peak-tflops 0.5 --attn sdpa")
+    rows+=("tiny-lora-sdpa|400|train_step.py|--size tiny --mode lora --samples 24 --peak-tflops 0.5 --attn sdpa")
 else
-    rows+=("1b-full-sdpa|110|--size 1b --mode full --samples 192 --attn sdpa")
-    rows+=("2b-full-sdpa|130|--size 2b --mode full --samples 192 --attn sdpa")
-    rows+=("8b-lora-sdpa|130|--size 8b --mode lora --samples 96 --attn sdpa")
-    if has flash_attn; then
-        rows+=("2b-full-flash|100|--size 2b --mode full --samples 192 --attn flash_attention_2")
-    else
-        echo "2b-full-flash: left out (flash_attn does not import)" >> "$summary"
-    fi
-    if has bitsandbytes; then
-        rows+=("26b-qlora-sdpa|150|--size 26b --mode qlora --samples 48 --attn sdpa")
-    else
-        echo "26b-qlora-sdpa: left out (bitsandbytes does not import)" >> "$summary"
-    fi
+    rows+=("1b-full-sdpa|110|train_step.py|--size 1b --mode full --samples 192 --attn sdpa")
+    rows+=("2b-full-sdpa|130|train_step.py|--size 2b --mode full --samples 192 --attn sdpa")
+    rows+=("8b-lora-sdpa|130|train_step.py|--size 8b --mode lora --samples 96 --attn sdpa")
+    add_if flash_attn "2b-full-flash|100|train_step.py|--size 2b --mode full --samples 192 --attn flash_attention_2"
+    add_if bitsandbytes "26b-qlora-sdpa|150|train_step.py|--size 26b --mode qlora --samples 48 --attn sdpa"
 fi
 
 for row in "${rows[@]}"; do
-    IFS='|' read -r name seconds arguments <<< "$row"
+    IFS='|' read -r name seconds script arguments <<< "$row"
     # shellcheck disable=SC2086  # the arguments are words
-    timeout "$seconds" "$python" "$repo/benchmarks/train_step.py" $arguments > "$out/$name.txt" 2>&1
+    timeout "$seconds" "$python" "$repo/benchmarks/$script" $arguments > "$out/$name.txt" 2>&1
     status=$?
     case "$status" in
-        0) echo "$name: $(grep -c 'tokens/s, padding' "$out/$name.txt") rows" >> "$summary" ;;
+        0) if [ "$script" = memory_check.py ]; then
+               echo "$name: $(grep -o 'estimate / [a-z]* [0-9.]*' "$out/$name.txt")" >> "$summary"
+           else
+               echo "$name: $(grep -c 'tokens/s, padding' "$out/$name.txt") rows" >> "$summary"
+           fi ;;
         124) echo "$name: stopped after its $seconds s" >> "$summary" ;;
         *) echo "$name: failed (exit $status): $(tail -n 1 "$out/$name.txt")" >> "$summary" ;;
     esac
 done
-echo "memory estimate beside each peak: no estimator yet (issue 16)" >> "$summary"
 cat "$summary"

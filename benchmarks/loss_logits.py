@@ -33,7 +33,7 @@ def every_token_loss(hidden: torch.Tensor, output_layer: torch.nn.Module, labels
 
 def measure(size: str, tokens: int, supervised: float, ours: bool, device_name: str) -> Dict[str, float]:
     device = torch.device(device_name)
-    config = RELEASED_SHAPES[size]['llm_config']
+    config = RELEASED_SHAPES[size]['shape'].llm_config
     torch.manual_seed(0)  # the output layer's initialisation
     generator = torch.Generator().manual_seed(0)
     output_layer = torch.nn.Linear(config['hidden_size'], config['vocab_size'], bias=False, dtype=torch.bfloat16)
@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument('--supervised', type=float, default=0.103, help='share of tokens with a label')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     args = parser.parse_args()
-    config = RELEASED_SHAPES[args.size]['llm_config']
+    config = RELEASED_SHAPES[args.size]['shape'].llm_config
     every = in_own_process(measure, args.size, args.tokens, args.supervised, False, args.device)
     ours = in_own_process(measure, args.size, args.tokens, args.supervised, True, args.device)
     print(f"{RELEASED_SHAPES[args.size]['model']} output layer ({config['hidden_size']} x {config['vocab_size']}, "

@@ -15,8 +15,9 @@ OFFICIAL, NATIVE = 'official', 'hf'
 LAYOUTS = {'internvl_chat': OFFICIAL, 'internvl': NATIVE}
 
 # Native `text_config.model_type` -> the official `llm_config.architectures` entry.
-NATIVE_TEXT_ARCHITECTURES = {'qwen2': 'Qwen2ForCausalLM', 'qwen3': 'Qwen3ForCausalLM', 'llama': 'LlamaForCausalLM',
-                             'phi3': 'Phi3ForCausalLM'}
+NATIVE_TEXT_ARCHITECTURES = {'qwen2': 'Qwen2ForCausalLM', 'qwen3': 'Qwen3ForCausalLM',
+                             'qwen3_moe': 'Qwen3MoeForCausalLM', 'gpt_oss': 'GptOssForCausalLM',
+                             'llama': 'LlamaForCausalLM', 'phi3': 'Phi3ForCausalLM'}
 # Native `vision_config` field -> official `vision_config` field (sizes given as [h, w] become one number).
 NATIVE_VISION_FIELDS = {'hidden_size': 'hidden_size', 'num_hidden_layers': 'num_hidden_layers',
                         'num_attention_heads': 'num_attention_heads', 'intermediate_size': 'intermediate_size',
@@ -30,8 +31,9 @@ NATIVE_TILING_FIELDS = {'crop_to_patches': 'dynamic_image_size', 'min_patches': 
 # What a native folder without a preprocessor_config.json tiles with: the released models' settings.
 NATIVE_DEFAULT_TILING = {'dynamic_image_size': True, 'use_thumbnail': True, 'min_dynamic_patch': 1,
                          'max_dynamic_patch': 12}
-# Every released model with a native layout (InternVL2.5 onwards, Qwen and InternLM based) uses this template.
-NATIVE_TEMPLATE = 'internvl2_5'
+# The template of the released models with a native layout (InternVL2.5 onwards): by text_config.model_type.
+NATIVE_TEMPLATES = {'gpt_oss': 'internvl3_5_gpt_oss'}
+NATIVE_DEFAULT_TEMPLATE = 'internvl2_5'
 
 
 def _config_and_layout(folder: str) -> Tuple[Dict[str, Any], str]:
@@ -89,7 +91,8 @@ def official_config_from_native(config: Dict[str, Any], processor: Any, source: 
                        if native in processor})
     return {
         'architectures': ['InternVLChatModel'], 'model_type': 'internvl_chat', 'vision_config': vision,
-        'llm_config': text, 'template': NATIVE_TEMPLATE, 'select_layer': layer,
+        'llm_config': text,
+        'template': NATIVE_TEMPLATES.get(model_type, NATIVE_DEFAULT_TEMPLATE), 'select_layer': layer,
         'downsample_ratio': config.get('downsample_ratio', 0.5), 'ps_version': 'v2',
         'force_image_size': vision.get('image_size', 448), **tiling, 'use_backbone_lora': 0, 'use_llm_lora': 0,
         'tie_word_embeddings': False, 'torch_dtype': config.get('torch_dtype', text.get('torch_dtype', 'bfloat16')),

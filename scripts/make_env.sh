@@ -2,7 +2,7 @@
 # Builds one tested environment from its lock file:   bash scripts/make_env.sh WORLD VENV_DIR
 #   pinned         xtuner 0.2.0's own pins (torch 2.5.1, transformers 4.48.0)
 #   transformers4  the newest set on transformers 4 (torch 2.14.1, transformers 4.57.6)
-#   newest         the current stack (torch 2.15.0, transformers 5.24.0; xtuner through internvl_plugin_bridge)
+#   newest         the current stack (torch 2.15.0, transformers 5.25.0; xtuner through internvl_plugin_bridge)
 # locks/WORLD.txt lists every package at its exact version. They are installed as listed, without dependency
 # resolution, so a build gives the same set whatever the registry publishes later; scripts/check_env.py then asserts
 # it. An environment built from the same lock, script and setup.py is reused (and checked again).
@@ -55,6 +55,14 @@ pip_install() {  # pip_install CONSTRAINTS ARGS...: quiet; on failure the packag
   return 1
 }
 
+# A build takes about 8 GB (the venv and pip's unpacked wheels); on a full disk pip fails deep in its install.
+need_gb=${INTERNVL_BUILD_GB:-8}
+mkdir -p "$(dirname "$venv")"
+free_gb=$(df -Pk "$(dirname "$venv")" | awk 'NR == 2 {print int($4 / 1048576)}')
+if [ "$free_gb" -lt "$need_gb" ]; then
+  echo "make_env.sh: world '$world' needs about $need_gb GB free beside $venv, which has $free_gb GB" >&2
+  exit 2
+fi
 say "creating $venv"
 python3 -m venv "$venv"
 touch "$venv/internvl-world.building"

@@ -8,6 +8,17 @@ venvs=${INTERNVL_VENVS:-.venvs}
 worlds=(pinned transformers4 newest)
 mkdir -p "$venvs"
 
+# Builds run side by side, about 8 GB each (make_env.sh): check the total before starting any.
+need_gb=${INTERNVL_BUILD_GB:-8}
+to_build=0
+for world in "${worlds[@]}"; do [ -f "$venvs/$world/internvl-world" ] || to_build=$((to_build + 1)); done
+free_gb=$(df -Pk "$venvs" | awk 'NR == 2 {print int($4 / 1048576)}')
+if [ $((to_build * need_gb)) -gt "$free_gb" ]; then
+  echo "test.sh: building $to_build environments needs about $((to_build * need_gb)) GB free under $venvs/, which has $free_gb GB;" \
+    "free some space or set INTERNVL_VENVS to a folder on a larger disk" >&2
+  exit 1
+fi
+
 echo "=== building ${worlds[*]} under $venvs/ (logs: $venvs/WORLD.log; the first build downloads a few GB) ==="
 pids=()
 for world in "${worlds[@]}"; do

@@ -1,3 +1,4 @@
+import importlib.util
 import os
 
 import pytest
@@ -15,13 +16,19 @@ def _version(name: str) -> Version:
 # bitsandbytes has CPU 4-bit kernels from 0.46 on; transformers quantises with them from 4.53 on.
 HAS_CPU_4BIT = _version('bitsandbytes') >= Version('0.46') and _version('transformers') >= Version('4.53')
 HAS_NATIVE_INTERNVL = _version('transformers') >= Version('4.52')
-HAS_QWEN3 = _version('transformers') >= Version('4.51')
+HAS_QWEN3 = _version('transformers') >= Version('4.51')  # Qwen3 and Qwen3-MoE
+HAS_GPT_OSS = _version('transformers') >= Version('4.55')
+# TRL is a test oracle for the preference losses; the pinned world (transformers 4.48) does not lock it.
+HAS_TRL = importlib.util.find_spec('trl') is not None
+needs_trl = pytest.mark.skipif(not HAS_TRL, reason='trl (the DPO oracle) is locked in the newest and transformers4 worlds')
 needs_cpu_4bit = pytest.mark.skipif(not HAS_CPU_4BIT, reason='CPU 4-bit needs bitsandbytes >= 0.46, transformers >= 4.53')
 needs_native_internvl = pytest.mark.skipif(not HAS_NATIVE_INTERNVL, reason='native InternVL needs transformers >= 4.52')
 
 needs_qwen3 = pytest.mark.skipif(not HAS_QWEN3, reason='Qwen3 needs transformers >= 4.51')
+needs_gpt_oss = pytest.mark.skipif(not HAS_GPT_OSS, reason='GPT-OSS needs transformers >= 4.55')
 
-FAMILIES = ['qwen2', pytest.param('qwen3', marks=needs_qwen3), 'internlm2', 'phi3', 'llama']
+FAMILIES = ['qwen2', pytest.param('qwen3', marks=needs_qwen3), pytest.param('qwen3_moe', marks=needs_qwen3),
+            pytest.param('gpt_oss', marks=needs_gpt_oss), 'internlm2', 'phi3', 'llama']
 
 
 @pytest.fixture(scope='session')

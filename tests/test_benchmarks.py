@@ -25,10 +25,25 @@ def test_gpu_check_dry_run_runs_its_rows_at_tiny_sizes_and_reports_each(tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     device = (out / 'device.txt').read_text()
     assert f'torch: {torch_version()}' in device and 'transformers: ' in device
-    assert (out / 'summary.txt').read_text().splitlines() == [
-        'tiny-full-sdpa: 3 rows', 'tiny-lora-sdpa: 3 rows',
-        'memory estimate beside each peak: no estimator yet (issue 16)']
+    assert (out / 'summary.txt').read_text().splitlines() == ['tiny-full-sdpa: 3 rows', 'tiny-lora-sdpa: 3 rows']
     check_train_step_rows((out / 'tiny-full-sdpa.txt').read_text().splitlines())
+
+
+def test_gpu_check_memory_dry_run_puts_the_estimate_beside_the_real_step(tmp_path):
+    """--memory --dry-run: memory_check.py's rows at tiny size on a CPU, where the real step's peak is the storage
+    tracker's on real tensors (on a GPU it is torch.cuda.max_memory_allocated)."""
+    out = tmp_path / 'out'
+    result = subprocess.run(['bash', os.path.join(ROOT, 'benchmarks', 'gpu_check.sh'), '--dry-run', '--memory',
+                             str(out)], env=dict(os.environ, PYTHON=sys.executable), capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = (out / 'summary.txt').read_text().splitlines()
+    assert [line.split(':')[0] for line in summary] == ['tiny-full-memory', 'tiny-lora-memory']
+    for line in summary:
+        assert float(re.fullmatch(r'[\w-]+: estimate / tracked ([\d.]+)', line).group(1)) == pytest.approx(1, abs=0.05)
+    row = (out / 'tiny-lora-memory.txt').read_text().splitlines()[-1]
+    assert re.fullmatch(r'tiny lora \(4 x 8192 tokens, 7 tiles each\): estimate [\d.]+ GiB in [\d.]+ s, tracked on '
+                        r'real tensors [\d.]+ GiB, estimate / tracked [\d.]+', row), row
 
 
 def torch_version() -> str:

@@ -1,11 +1,14 @@
 """internvl_plugin_bridge: what it adds for xtuner 0.2.0 on transformers 5 / deepspeed >= 0.19.7, and that it adds
 nothing where the names exist (the pinned and transformers4 worlds)."""
+import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
 from importlib.metadata import version
 
+import pytest
 from packaging.version import Version
 
 TRANSFORMERS_5 = Version(version('transformers')) >= Version('5')
@@ -131,3 +134,65 @@ def test_bitsandbytes_imports_without_the_kernel_fetch_warning():
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == 'True'
     assert 'gemm_4bit_forward' not in result.stderr
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+XTUNER = os.path.join(os.path.dirname(sys.executable), 'xtuner')
+
+
+def test_every_xtuner_internvl_config_name_reaches_the_plugins_config():
+    """`xtuner train NAME` as XTuner's guide says: its own InternVL names (v1_5, v2) are the plugin's configs now,
+    and the plugin's names beyond them (v2_5, v3, ...) are found too."""
+    result = fresh_python('import glob, json, os, xtuner.configs as configs\n'
+                          "own = glob.glob(os.path.join(os.path.dirname(configs.__file__), 'internvl', '*', "
+                          "'internvl_*.py'))\n"
+                          'names = [os.path.basename(p)[:-3] for p in own]\n'
+                          "names += ['internvl_v2_5_qwen2_5_0_5b_finetune', 'internvl_v3_5_qwen3_8b_lora_finetune']\n"
+                          'print(json.dumps({n: configs.cfgs_name_path[n] for n in names}))')
+    assert result.returncode == 0, result.stderr[-2000:]
+    resolved = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(resolved) == 23  # XTuner 0.2.0 has 21 InternVL configs
+    for name, path in resolved.items():
+        assert path == os.path.join(REPO, 'configs', os.path.basename(os.path.dirname(path)), name + '.py')
+
+
+def test_xtuners_internvl_names_are_refused_where_the_plugins_configs_are_not_found():
+    """After a plain `pip install .` the configs folder is not beside the package: XTuner's own InternVL config
+    must then not run in the plugin's place."""
+    from internvl_plugin_bridge import ConfigNames
+    xtuners = {'internvl_v2_internlm2_2b_finetune': '/x/configs/internvl/v2/internvl_v2_internlm2_2b_finetune.py',
+               'llava_v15_7b_finetune': '/x/configs/llava/llava_v15_7b_finetune.py'}
+    names = ConfigNames(xtuners, {})
+    assert dict(names) == {'llava_v15_7b_finetune': xtuners['llava_v15_7b_finetune']}
+    with pytest.raises(SystemExit) as refused:
+        names['internvl_v2_internlm2_2b_finetune']
+    assert str(refused.value) == (
+        "xtuner: 'internvl_v2_internlm2_2b_finetune' names XTuner's own InternVL config, which does not use "
+        "internvl_plugin, and the plugin's configs are not beside its installed package (install it with "
+        '`pip install -e .` from a checkout, or give the config file)')
+    ours = ConfigNames(xtuners, {'internvl_v2_internlm2_2b_finetune': '/repo/configs/v2/mine.py'})
+    assert ours['internvl_v2_internlm2_2b_finetune'] == '/repo/configs/v2/mine.py'
+
+
+def test_a_config_name_that_does_not_exist_is_one_line_with_the_close_names(tmp_path):
+    result = subprocess.run([XTUNER, 'train', 'internvl_v2_5_qwen2_5_05b_finetune'], capture_output=True, text=True,
+                            timeout=300, cwd=str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "xtuner: 'internvl_v2_5_qwen2_5_05b_finetune' is neither a file nor a config name; did you mean "
+        'internvl_v2_5_qwen2_5_0_5b_finetune or internvl_v2_5_qwen2_5_3b_finetune or '
+        'internvl_v2_5_qwen2_5_72b_finetune? (`xtuner list-cfg -p internvl` lists the names)')
+
+
+def test_a_config_copied_anywhere_reads_its_base_from_the_installed_package(tmp_path):
+    """The shared schedule and runtime come from `internvl_plugin.config_base`, not a path beside the config; mmengine
+    alone looks the package up through pkg_resources (gone in setuptools >= 81), which names site-packages for an
+    editable install."""
+    copy = tmp_path / 'my_cfg.py'
+    shutil.copy(os.path.join(REPO, 'configs', 'v2_5', 'internvl_v2_5_qwen2_5_0_5b_lora_finetune.py'), copy)
+    result = fresh_python('from mmengine.config import Config\n'
+                          f'cfg = Config.fromfile({str(copy)!r})\n'
+                          'print(cfg.default_hooks.checkpoint.interval, cfg.train_cfg.max_epochs, '
+                          'cfg.model.llm_lora.r)')
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == '500 1 16'

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import torch
+from conftest import needs_gpt_oss
 from helpers import qa, save_image, write_jsonl
 
 from internvl_plugin import InternVL_V1_5_Dataset
@@ -26,12 +28,45 @@ def test_chat_prompt_equals_the_training_sample_up_to_its_answer(tiny_checkpoint
         assert session.pixel_values.equal(item['pixel_values'])
 
 
+@needs_gpt_oss
+def test_gpt_oss_chat_prompts_as_training_stops_at_return_and_answers_with_the_final_channel(tiny_checkpoint,
+                                                                                            tmp_path):
+    data = write_jsonl(tmp_path / 'a.jsonl', [qa('What is it?', 'A cat.')])
+    item = InternVL_V1_5_Dataset(model_path=tiny_checkpoint('gpt_oss'), data_paths=[data])[0]
+    answer_start = int((item['labels'] != IGNORE_INDEX).nonzero()[0])
+    session = ChatSession(tiny_checkpoint('gpt_oss'), device='cpu')
+    assert session.prompt('What is it?')[0] == item['input_ids'][:answer_start].tolist()
+    generated = ('<|channel|>analysis<|message|>Looks feline.<|end|><|start|>assistant<|channel|>final<|message|>'
+                 'A cat.<|return|>')
+    calls = []
+
+    def generate(ids, pixels, streamer=None, **kwargs):
+        calls.append(kwargs['eos_token_id'])
+        out = session.tokenizer(generated, add_special_tokens=False)['input_ids']
+        if streamer is not None:   # as transformers' generate feeds it: the prompt, then one token at a time
+            streamer.put(ids)
+            for token in out:
+                streamer.put(torch.tensor([token]))
+            streamer.end()
+        return torch.tensor([out])
+
+    session.model.model.generate = generate
+    assert session.ask('What is it?') == 'A cat.'
+    assert calls == [session.tokenizer.convert_tokens_to_ids('<|return|>')]
+    assert session.turns[-1].text == 'A cat.'
+    pieces = []
+    assert session.ask('And now?', on_text=pieces.append) == 'A cat.'
+    assert pieces and ''.join(pieces) == 'A cat.'   # streamed: the final channel only, no headers or thinking
+
+
 def test_follow_up_questions_carry_the_conversation(tiny_checkpoint, tmp_path):
     from PIL import Image
     session = ChatSession(tiny_checkpoint(), device='cpu')
     session.show([Image.open(save_image(tmp_path / 'photo.png', 448, 448))])
-    first = session.ask('What is it?', max_new_tokens=4)
+    pieces = []
+    first = session.ask('What is it?', max_new_tokens=4, on_text=pieces.append)
     assert isinstance(first, str) and [t.role for t in session.turns] == ['human', 'gpt']
+    assert pieces and ''.join(pieces).strip() == first  # streamed as it was generated, the same answer
     ids, turns = session.prompt('And the colour?')
     assert len(turns) == 3 and turns[0].text.startswith('<image>\n') and not turns[2].text.startswith('<image>')
     assert ids.count(session.encoder.img_context_id) == 256
@@ -43,6 +78,10 @@ def test_chat_tool_answers_a_question(tiny_checkpoint, tmp_path):
                              '--image', image, '--question', 'What is it?', '--max-new-tokens', '3'],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+    session = ChatSession(tiny_checkpoint(), device='cpu')
+    from PIL import Image
+    session.show([Image.open(image)])
+    assert result.stdout.splitlines()[-1].strip() == session.ask('What is it?', max_new_tokens=3)
     missing = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'chat.py'), str(tmp_path / 'nowhere'),
                               '--question', 'Hi'], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and 'chat: error:' in missing.stderr and 'nowhere' in missing.stderr

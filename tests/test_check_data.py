@@ -59,6 +59,17 @@ def test_clean_data_exits_zero_and_reports_over_length(tiny_checkpoint, data):
     assert 'samples over max_length 500: 1' in result.stdout and 'problems: 0' in result.stdout
 
 
+def test_over_long_videos_are_said_to_take_fewer_frames(tiny_checkpoint, tmp_path):
+    (tmp_path / 'frames').mkdir()
+    for i in range(10):
+        save_image(tmp_path / 'frames' / f'{i:03d}.png', 80, 60, seed=i)
+    path = write_jsonl(tmp_path / 'v.jsonl', [qa('<video>\nColour?', 'red', video='frames'), qa('Hello', 'Hi')])
+    result = run_tool(path, '--model-path', tiny_checkpoint(), '--max-length', 1000)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ('samples over max_length 1000: 1 (videos among them: 1, which train with fewer frames until they fit)'
+            in result.stdout.splitlines())
+
+
 def test_write_length_stores_exact_totals_that_the_dataset_then_uses(tiny_checkpoint, data):
     path = write_jsonl(data / 'clean.jsonl', [qa(image='images/wide.png'), qa(image='images/square.png'),
                                               qa('Hello there', 'Hi')])
@@ -78,10 +89,48 @@ def test_a_training_config_is_checked_with_its_own_dataset_settings(tiny_checkpo
                       f'    type=InternVL_V1_5_Dataset, model_path={tiny_checkpoint()!r}, data_paths=[{path!r}],\n'
                       '    max_dynamic_patch=1, max_length=2048))\n')
     kwargs = dataset_kwargs([str(config)], {})
-    assert kwargs['max_dynamic_patch'] == 1 and 'type' not in kwargs
+    assert kwargs['max_dynamic_patch'] == 1 and kwargs['type'] is InternVL_V1_5_Dataset
     report = check_dataset(kwargs)
     assert report.sources[0].tiles == 1 and report.max_length == 2048 and not report.problems
     assert run_tool(config).returncode == 0
+
+
+def _pairs(data) -> str:
+    good = {'image': 'square.png', 'question': '<image>\nWhat colour?', 'chosen': 'Red.', 'rejected': 'Blue.'}
+    return str(write_jsonl(data / 'pairs.jsonl', [good, dict(good, rejected='Red.'), dict(good, chosen='')]))
+
+
+def test_preference_pairs_are_checked_with_the_preference_dataset(tiny_checkpoint, data):
+    """A preference config is checked with its PreferenceDataset, and files with --preference: bad pairs are
+    problems naming file:line; read as SFT lines, each says it is a pair."""
+    pairs = _pairs(data)
+    config = data / 'mpo.py'
+    config.write_text('from internvl_plugin import PreferenceDataset\n\n'
+                      'train_dataloader = dict(dataset=dict(\n'
+                      f'    type=PreferenceDataset, model_path={tiny_checkpoint()!r}, data_paths=[{pairs!r}],\n'
+                      f'    image_folders=[{str(data / "images")!r}], max_length=2048))\n')
+    for args in ((config,), (pairs, '--model-path', tiny_checkpoint(), '--image-folders', data / 'images',
+                             '--preference')):
+        result = run_tool(*args)
+        assert result.returncode == 1, result.stderr
+        assert '1 usable samples (text 0, image 1, multi-image 0, video 0); 1 images' in result.stdout
+        assert f'{pairs}:2: "chosen" and "rejected" are the same text' in result.stdout
+        assert f'{pairs}:3: "chosen" is \'\'; expected the preferred answer as non-empty text' in result.stdout
+        assert 'problems: 2' in result.stdout
+    result = run_tool(pairs, '--model-path', tiny_checkpoint(), '--image-folders', data / 'images')
+    assert result.returncode == 1 and 'every sample of' in result.stderr
+    assert result.stderr.count('(this line is a preference pair: question / chosen / rejected; PreferenceDataset '
+                               'reads those)') == 3
+    assert result.stderr.strip().splitlines()[-1] == 'check_data: the lines are preference pairs: add --preference'
+
+
+
+def test_a_config_whose_dataset_is_not_an_internvl_one_is_refused(data):
+    config = data / 'other.py'
+    config.write_text("train_dataloader = dict(dataset=dict(type='mmengine.ConcatDataset', datasets=[]))\n")
+    with pytest.raises(ValueError, match=r'other.py: train_dataloader.dataset is a ConcatDataset; expected one of '
+                                         r'InternVL_V1_5_Dataset, PreferenceDataset'):
+        dataset_kwargs([str(config)], {})
 
 
 def test_missing_meta_annotation_is_an_error_line(tiny_checkpoint, data):

@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from conftest import HAS_CPU_4BIT, needs_qwen3
+from conftest import HAS_CPU_4BIT, needs_gpt_oss, needs_qwen3
 from helpers import qa, write_jsonl
 from mmengine.config import Config
 
@@ -15,7 +15,9 @@ from internvl_plugin.demo.shapes import write_split
 from internvl_plugin.tiny import build_tiny_parts
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
-CONFIGS = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, '*', '*.py')) if '_base_' not in p)
+ALL_CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, '*', 'internvl_*.py')))
+MPO_CONFIGS = [path for path in ALL_CONFIGS if path.endswith('mpo.py')]   # preference training
+CONFIGS = [path for path in ALL_CONFIGS if path not in MPO_CONFIGS]       # supervised fine-tuning
 
 # The released checkpoint a config names -> (LLM family, ViT style, billions of parameters) of its tiny stand-in.
 RELEASED = {
@@ -39,6 +41,7 @@ RELEASED = {
     'OpenGVLab/InternVL3-1B': ('qwen2', '300m', 1),
     'OpenGVLab/InternVL3-2B': ('qwen2', '300m', 2),
     'OpenGVLab/InternVL3-8B': ('qwen2', '300m', 8),
+    'OpenGVLab/InternVL3-9B': ('internlm2', '300m', 9),   # InternLM3-8B, shipped as an InternLM2 model
     'OpenGVLab/InternVL3-14B': ('qwen2', '300m', 14),
     'OpenGVLab/InternVL3-38B': ('qwen2', '6b', 38),
     'OpenGVLab/InternVL3-78B': ('qwen2', '6b', 78),
@@ -48,16 +51,19 @@ RELEASED = {
     'OpenGVLab/InternVL3_5-8B': ('qwen3', '300m', 8),
     'OpenGVLab/InternVL3_5-14B': ('qwen3', '300m', 14),
     'OpenGVLab/InternVL3_5-38B': ('qwen3', '6b', 38),
+    'OpenGVLab/InternVL3_5-30B-A3B': ('qwen3_moe', '300m', 30),
+    'OpenGVLab/InternVL3_5-241B-A28B': ('qwen3_moe', '6b', 241),
+    'OpenGVLab/InternVL3_5-GPT-OSS-20B-A4B-Preview': ('gpt_oss', '300m', 20),
 }
 # Stochastic depth of the official full fine-tunes, by version and size.
-DROP_PATH = {'v3': {1: 0.0, 2: 0.0, 8: 0.0, 14: 0.1, 38: 0.2, 78: 0.4},
-             'v3_5': {1: 0.0, 2: 0.0, 4: 0.0, 8: 0.1, 14: 0.1, 38: 0.4}}
+DROP_PATH = {'v3': {1: 0.0, 2: 0.0, 8: 0.0, 9: 0.0, 14: 0.1, 38: 0.2, 78: 0.4},
+             'v3_5': {1: 0.0, 2: 0.0, 4: 0.0, 8: 0.1, 14: 0.1, 20: 0.1, 30: 0.1, 38: 0.4, 241: 0.4}}
 V1_2 = 'internvl_v1_2_hermes2_yi_34b_finetune.py'
 
 
 def _mode(path: str) -> str:
     name = os.path.basename(path)
-    return 'qlora' if name.endswith('qlora_finetune.py') else 'lora' if name.endswith('lora_finetune.py') else 'full'
+    return 'qlora' if '_qlora_' in name else 'lora' if '_lora_' in name else 'full'
 
 
 def _params(paths):
@@ -66,19 +72,22 @@ def _params(paths):
             if _mode(path) == 'qlora' else []
         if '_qwen3_' in os.path.basename(path):
             marks.append(needs_qwen3)
+        if '_gpt_oss_' in os.path.basename(path):
+            marks.append(needs_gpt_oss)
         yield pytest.param(path, id=os.path.relpath(path, CONFIG_DIR), marks=marks)
 
 
 def _recipe(version: str, mode: str, billions: int) -> dict:
     """What the official scripts of a version set (LoRA as the 2.5 LoRA scripts, for every version after 2)."""
-    lora_lr = 4e-5 if billions <= 8 else 2e-5
-    stage = '2' if mode == 'qlora' else '1' if billions <= 8 else '3'
+    lora_lr = 4e-5 if billions <= 9 else 2e-5
+    stage = '2' if mode == 'qlora' else '1' if billions <= 9 else '3'
     if version == 'v3':
         return dict(lr=(1e-5 if billions == 1 else 2e-5) if mode == 'full' else lora_lr, max_length=16384,
                     max_dynamic_patch=12, weight_decay=0.05, total=128 if mode == 'full' else 16,
                     stage=('1' if billions <= 14 else '3') if mode == 'full' else stage)
     if version == 'v3_5':
-        return dict(lr=8e-5 if mode == 'full' else lora_lr, max_length=32768 if mode == 'full' else 16384,
+        full_lr = 2e-5 if billions > 200 else 8e-5
+        return dict(lr=full_lr if mode == 'full' else lora_lr, max_length=32768 if mode == 'full' else 16384,
                     max_dynamic_patch=12, weight_decay=0.05, total=512 if mode == 'full' else 16,
                     stage='3' if mode == 'full' else stage)
     return dict(lr=lora_lr, max_length=8192 if version == 'v2_5' else 4096, max_dynamic_patch=6,
@@ -88,7 +97,7 @@ def _recipe(version: str, mode: str, billions: int) -> dict:
 def test_the_tree_has_every_model_and_mode():
     names = {os.path.relpath(p, CONFIG_DIR) for p in CONFIGS}
     assert len(names) == 3 * len(RELEASED) + 1 and f'v1_2/{V1_2}' in names
-    for version, sizes in {'v1_5': 3, 'v2': 7, 'v2_5': 7, 'v3': 6, 'v3_5': 6}.items():
+    for version, sizes in {'v1_5': 3, 'v2': 7, 'v2_5': 7, 'v3': 7, 'v3_5': 9}.items():
         for mode in ('_lora_finetune.py', '_qlora_finetune.py'):
             assert sum(n.startswith(version + '/') and n.endswith(mode) for n in names) == sizes
 
@@ -117,7 +126,9 @@ def test_config_follows_the_official_recipe(path):
         if version in DROP_PATH:
             assert cfg.model.drop_path_rate == DROP_PATH[version][billions]
     else:
-        assert cfg.model.llm_lora == dict(r=16, lora_alpha=32, lora_dropout=0.05) and cfg.model.freeze_mlp
+        family = RELEASED[cfg.path][0]   # no dropout where LoRA goes on 3-D expert tensors
+        dropout = 0.0 if family == 'gpt_oss' or (family == 'qwen3_moe' and mode == 'lora') else 0.05
+        assert cfg.model.llm_lora == dict(r=16, lora_alpha=32, lora_dropout=dropout) and cfg.model.freeze_mlp
         assert cfg.model.get('quantization_llm', False) == (mode == 'qlora')
     assert cfg.model.get('loss_reduction', 'token') == ('square' if version == 'v3_5' else 'token')
     # The global batch comment agrees with the settings, and with the recipe.
@@ -180,5 +191,87 @@ def test_config_builds_and_trains_a_step_on_a_tiny_checkpoint(path, tiny_checkpo
         cfg.model.model_path = dataset.model_path = tiny_checkpoint(family, vit)
     dataset.meta_path = tiny_data
     cfg.train_dataloader.batch_size = 2
+    loss = _build_and_step(cfg, str(tmp_path / 'work'))
+    assert torch.isfinite(torch.tensor(loss)) and loss > 0
+
+
+# The official MPO scripts (internvl_chat/shell/internvl2.0_mpo, internvl2.5_mpo, internvl3.0/mpo,
+# internvl_chat_gpt_oss/shell/internvl3_5_qwen3): the full run's lr per version, and per size (billions)
+# max_seq_length, drop path, ZeRO stage and global batch.
+MPO_LR = {'v2': 5e-6, 'v2_5': 1e-6, 'v3': 2e-7, 'v3_5': 2e-7}
+MPO_SIZES = {
+    'v2': {8: (6144, 0.1, '1', 256)},
+    'v2_5': {1: (8192, 0.1, '1', 256), 2: (8192, 0.1, '1', 256), 4: (8192, 0.1, '1', 256), 8: (8192, 0.1, '1', 256),
+             26: (8192, 0.4, '3', 256), 38: (8192, 0.4, '3', 512), 78: (8192, 0.4, '3', 512)},
+    'v3': {1: (12288, 0.1, '1', 256), 2: (12288, 0.1, '1', 256), 8: (12288, 0.1, '3', 256), 9: (12288, 0.1, '3', 256),
+           14: (12288, 0.1, '3', 256), 38: (8192, 0.4, '3', 512), 78: (8192, 0.4, '3', 512)},
+    'v3_5': {1: (16384, 0.0, '3', 256), 2: (16384, 0.0, '3', 256), 4: (16384, 0.0, '3', 256), 8: (16384, 0.1, '3', 256),
+             14: (16384, 0.1, '3', 256), 38: (16384, 0.4, '3', 256), 20: (16384, 0.1, '3', 256),
+             30: (16384, 0.1, '3', 256), 241: (16384, 0.4, '3', 256)},
+}
+
+
+def test_every_official_mpo_size_has_full_lora_and_qlora_configs():
+    found = {}
+    for path in MPO_CONFIGS:
+        version = os.path.basename(os.path.dirname(path))
+        found.setdefault((version, _mode(path)), set()).add(RELEASED[Config.fromfile(path).path][2])
+    for version, sizes in MPO_SIZES.items():
+        for mode in ('full', 'lora', 'qlora'):
+            assert found[version, mode] == set(sizes), (version, mode)
+
+
+@pytest.mark.parametrize('path', [pytest.param(p, id=os.path.relpath(p, CONFIG_DIR)) for p in MPO_CONFIGS])
+def test_preference_config_follows_the_official_mpo_recipe(path):
+    cfg = Config.fromfile(path)
+    text = open(path).read()
+    mode, version = _mode(path), os.path.basename(os.path.dirname(path))
+    billions = RELEASED[cfg.path][2]
+    max_length, drop_path, stage, global_batch = MPO_SIZES[version][billions]
+    assert str(getattr(cfg.model.type, '__name__', cfg.model.type)).endswith('InternVLPreference')
+    assert (cfg.beta, dict(cfg.loss_weights)) == (0.1, {'sigmoid': 0.8, 'bco_pair': 0.2, 'sft': 1.0})
+    assert (cfg.model.beta, dict(cfg.model.loss_weights)) == (cfg.beta, dict(cfg.loss_weights))
+    assert (cfg.max_length, cfg.max_dynamic_patch, cfg.weight_decay, cfg.max_epochs) == (max_length, 12, 0.05, 1)
+    assert cfg.optim_wrapper.clip_grad.max_norm == 1.0 and cfg.warmup_ratio == 0.03
+    gpus, per_gpu, accumulate, total = map(int, re.search(
+        r'accumulative_counts = \d+ +# (\d+) GPUs? x (\d+) x (\d+) = (\d+)', text).groups())
+    assert (per_gpu, accumulate) == (cfg.batch_size, cfg.accumulative_counts)
+    assert gpus * per_gpu * accumulate == total == global_batch
+    if mode == 'full':   # everything trains against a frozen copy, as the official runs
+        assert cfg.lr == MPO_LR[version] and cfg.model.reference == 'copy'
+        assert not (cfg.model.freeze_visual_encoder or cfg.model.freeze_mlp or cfg.model.freeze_llm)
+        assert cfg.model.drop_path_rate == drop_path
+        assert set(re.findall(r'--deepspeed deepspeed_zero(\d)', text)) == {stage}
+    else:
+        assert cfg.lr == pytest.approx(10 * MPO_LR[version]) and cfg.model.reference == 'adapters'
+        assert cfg.model.freeze_visual_encoder and cfg.model.freeze_mlp
+        sft = Config.fromfile(path.replace('_mpo.py', '_finetune.py'))   # the same model's SFT LoRA settings
+        assert cfg.model.llm_lora == sft.model.llm_lora and cfg.model.llm_lora['r'] == 16
+        assert cfg.model.get('quantization_llm', False) == (mode == 'qlora') and (gpus == 1) == (mode == 'qlora')
+    assert cfg.train_dataloader.collate_fn.pack_pairs and cfg.train_dataloader.sampler.shuffle
+
+
+@pytest.fixture(scope='module')
+def tiny_pairs(tmp_path_factory):
+    """A meta JSON of preference pairs: single-image, multi-image and text-only."""
+    folder = tmp_path_factory.mktemp('pairs')
+    write_split(str(folder), 'train', 2, seed=0)
+    pairs = write_jsonl(folder / 'pairs.jsonl', [
+        {'image': 'images/train_00000.png', 'question': 'What colour?', 'chosen': 'Red.', 'rejected': 'Blue.'},
+        {'image': ['images/train_00000.png', 'images/train_00001.png'], 'question': '<image>\n<image>\nSame?',
+         'chosen': 'No.', 'rejected': 'Yes, they are.'},
+        {'question': 'What is 2 + 2?', 'chosen': '4', 'rejected': '5'}])
+    meta = folder / 'meta.json'
+    meta.write_text(json.dumps({'pairs': {'root': str(folder), 'annotation': pairs}}))
+    return str(meta)
+
+
+@pytest.mark.parametrize('path', list(_params(MPO_CONFIGS)))
+def test_preference_config_builds_and_trains_a_step_on_a_tiny_checkpoint(path, tiny_checkpoint, tiny_pairs, tmp_path):
+    cfg = Config.fromfile(path)
+    family, vit, _ = RELEASED[cfg.path]
+    cfg.model.model_path = cfg.train_dataloader.dataset.model_path = tiny_checkpoint(family, vit)
+    cfg.train_dataloader.dataset.meta_path = tiny_pairs
+    cfg.train_dataloader.batch_size = 3
     loss = _build_and_step(cfg, str(tmp_path / 'work'))
     assert torch.isfinite(torch.tensor(loss)) and loss > 0

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import needs_native_internvl, needs_qwen3
+from conftest import needs_gpt_oss, needs_native_internvl, needs_qwen3
 from helpers import image_batch
 
 from internvl_plugin import InternVL_V1_5
@@ -54,7 +54,10 @@ def mlp_only_run(base, folder):
 
 @pytest.mark.parametrize('family,vit,lora', [('qwen2', '300m', True), ('internlm2', '6b', True),
                                              ('phi3', '300m', False), ('llama', '6b', True),
-                                             pytest.param('qwen3', '300m', True, marks=needs_qwen3)])
+                                             pytest.param('qwen3', '300m', True, marks=needs_qwen3),
+                                             pytest.param('qwen3_moe', '300m', True, marks=needs_qwen3),
+                                             pytest.param('qwen3_moe', '300m', False, marks=needs_qwen3),
+                                             pytest.param('gpt_oss', '300m', True, marks=needs_gpt_oss)])
 def test_round_trip_logits_match_the_merged_model(tiny_checkpoint, tmp_path, family, vit, lora):
     base = tiny_checkpoint(family, vit)
     args = {'llm_lora': LORA, 'freeze_visual_encoder': True} if lora else {}
@@ -117,7 +120,9 @@ def test_bf16_sharded_output_with_remote_code(tiny_checkpoint, tmp_path):
 
 
 @needs_native_internvl
-@pytest.mark.parametrize('family', ['qwen2', 'internlm2', pytest.param('qwen3', marks=needs_qwen3)])
+@pytest.mark.parametrize('family', ['qwen2', 'internlm2', pytest.param('qwen3', marks=needs_qwen3),
+                                    pytest.param('qwen3_moe', marks=needs_qwen3),
+                                    pytest.param('gpt_oss', marks=needs_gpt_oss)])
 def test_hf_format_loads_with_the_native_class_and_gives_the_same_logits(tiny_checkpoint, tmp_path, family):
     from transformers import AutoModelForImageTextToText
     base = tiny_checkpoint(family, '6b' if family == 'internlm2' else '300m')
@@ -197,10 +202,16 @@ def test_checkpoint_from_another_config_is_refused(tiny_checkpoint, tmp_path):
     _, ckpt = train_and_save(lora_model, str(tmp_path), steps=1)
     full_config = write_config(str(tmp_path), base)
     out = str(tmp_path / 'never')
-    with pytest.raises(ValueError, match=r'iter_1\.pth \(loaded for .*config\.py\): missing trained keys .*'
-                                         r'unexpected keys \[.*lora_A'):
+    with pytest.raises(ValueError) as error:
         convert_checkpoint(full_config, ckpt, out)
+    assert str(error.value) == (f'{ckpt} (loaded for {full_config}): the checkpoint holds LoRA adapters, but the '
+                                'config trains without LoRA: a LoRA run and a full fine-tune were mixed up; give the '
+                                "config the run was trained with (the work dir's copy)")
     assert not os.path.exists(out)
+    # The same LoRA config with another rank: the keys match, a shape does not.
+    other_rank = write_config(str(tmp_path), base, llm_lora='dict(r=4, lora_alpha=8)')
+    with pytest.raises(ValueError, match=r'lora_A.* has shape \(8, 64\), the model built by the config has \(4, 64\)'):
+        convert_checkpoint(other_rank, ckpt, out)
 
 
 def test_refuses_the_base_folder_and_non_empty_folders(tiny_checkpoint, tmp_path):
@@ -383,3 +394,38 @@ def test_a_crafted_checkpoint_runs_no_code_in_the_converter_or_at_model_build(ti
                                          'builds with code, not tensors'):
         load_trained_state(poisoned)
     assert not marker.exists()
+
+
+def test_a_base_model_it_cannot_find_names_the_config_line_to_change(tmp_path):
+    """The converter takes the base model from the config, so the fix is that config's model.model_path."""
+    config = write_config(str(tmp_path), 'OpenGVLab/InternVL2_5-1B')
+    checkpoint = str(tmp_path / 'iter_1.pth')
+    torch.save({'state_dict': {'mlp1.1.weight': torch.zeros(2)}}, checkpoint)
+    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(tmp_path / 'hub'))
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'convert_to_official.py'), config, checkpoint,
+                             str(tmp_path / 'out')], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 1
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("convert_to_official: error: model_path 'OpenGVLab/InternVL2_5-1B' is neither a local "
+                           'folder nor in the Hugging Face cache')
+    assert line.endswith(f'(the converter reads the base model from model.model_path in {config}: set it to the '
+                         'local folder there)')
+
+
+def test_the_converter_where_xtuners_guide_looks_takes_its_three_arguments_and_shows_progress(tiny_checkpoint,
+                                                                                              tmp_path):
+    """`python configs/v1_5/convert_to_official.py CONFIG PTH SAVE_PATH`, as XTuner's InternVL README says (its own
+    script of that name fails on this plugin's model)."""
+    base, model, ckpt, config = mlp_only_run(tiny_checkpoint('qwen2'), tmp_path)
+    out = tmp_path / 'official'
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'configs', 'v1_5', 'convert_to_official.py'), config,
+                             ckpt, str(out), '--dtype', 'float32'], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if 'real_accelerator' not in line]  # deepspeed's import
+    assert lines == [f'reading the trained weights of {ckpt}',
+                     f'building the model of {config} from {base}',
+                     f'loaded {len(load_trained_state(ckpt))} trained tensors',
+                     f'writing the official layout to {out}',
+                     f'wrote official checkpoint to {out}']
+    converted = InternVL_V1_5(str(out), torch_dtype='float32')
+    assert torch.equal(converted.model.mlp1[1].weight, model.model.mlp1[1].weight)

@@ -86,6 +86,10 @@ def test_missing_annotation_file_and_meta_entries(tiny_checkpoint, folder):
     meta.write_text(json.dumps({'set': {'annotation': 'a.jsonl', 'repeat': 2}}))
     with pytest.raises(DataError, match=r"meta.json: dataset 'set': unknown key\(s\) \['repeat'\]"):
         InternVL_V1_5_Dataset(model_path=tiny_checkpoint(), meta_path=str(meta))
+    meta.write_text(json.dumps({'set': {'root': 'images', 'annotaion': 'a.jsonl'}}))
+    with pytest.raises(DataError) as error:
+        InternVL_V1_5_Dataset(model_path=tiny_checkpoint(), meta_path=str(meta))
+    assert str(error.value) == f'{meta}: dataset \'set\': "annotaion" is a misspelling of "annotation"; rename the key'
     meta.write_text('{"set": {"annotation": "a.jsonl",\n "root": }}')
     with pytest.raises(DataError, match=r'meta.json:2: invalid JSON'):
         InternVL_V1_5_Dataset(model_path=tiny_checkpoint(), meta_path=str(meta))

@@ -290,9 +290,9 @@ def test_xtuners_length_grouped_sampler_keeps_modalities_apart(tiny_checkpoint, 
         assert len(kinds) == 1, order
 
 
-def test_lengths_counted_in_several_processes_equal_those_counted_in_one(tiny_checkpoint, tmp_path, capfd):
+def test_lengths_counted_in_several_processes_equal_those_counted_in_one(tiny_checkpoint, tmp_path, capfd, caplog):
     """Over two tasks of lines (LINES_PER_TASK each) with images, text, sizes and lengths, the forked workers
-    give the same estimates, and the tokenizer warns of no fork."""
+    give the same estimates, the tokenizer warns of no fork, and the pass says how far it has come."""
     save_image(tmp_path / 'wide.png', 1800, 450)
     records = [qa(image='wide.png', width=1800, height=450) if i % 3 == 0 else
                qa('Hello ' * (1 + i % 50), 'Hi', length=40 + i) if i % 3 == 1 else qa(f'Question {i}?', 'An answer.')
@@ -300,7 +300,12 @@ def test_lengths_counted_in_several_processes_equal_those_counted_in_one(tiny_ch
     kwargs = dict(model_path=tiny_checkpoint(), data_paths=[write_jsonl(tmp_path / 'a.jsonl', records)])
     one = InternVL_V1_5_Dataset(**kwargs, length_workers=1)
     several = InternVL_V1_5_Dataset(**kwargs, length_workers=3)
-    assert several.modality_length == one.modality_length and several.tile_counts == one.tile_counts
+    with caplog.at_level(logging.INFO, logger='internvl_plugin'):
+        assert several.modality_length == one.modality_length and several.tile_counts == one.tile_counts
+    passes = [[f'counting the token lengths of {LINES_PER_TASK + 500} lines in {workers} process(es) (for '
+               'length-grouped batches and packing; tools/check_data.py --write-length stores them for the next run)',
+               'token lengths: 1 of 2 parts counted', 'token lengths: 2 of 2 parts counted'] for workers in (2, 1)]
+    assert [record.getMessage() for record in caplog.records if record.name == 'internvl_plugin'] == sum(passes, [])
     assert one.modality_length[:3] == [one.modality_length[0], -41, one.modality_length[2]]
     assert one.modality_length[0] > 0 and one.tile_counts[:3] == [5, 0, 0]
     assert 'fork' not in capfd.readouterr().err

@@ -109,6 +109,29 @@ def test_make_env_never_deletes_a_folder_it_did_not_make(tmp_path):
     assert (venv / 'precious.txt').read_text() == 'keep me'
 
 
+def test_make_env_refuses_a_disk_without_room_before_it_creates_anything(tmp_path):
+    venv = tmp_path / 'venvs' / 'pinned'
+    result = subprocess.run(['bash', os.path.join(REPO, 'scripts', 'make_env.sh'), 'pinned', str(venv)],
+                            env=dict(os.environ, INTERNVL_BUILD_GB='1000000000'), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2
+    assert re.fullmatch(rf"make_env.sh: world 'pinned' needs about 1000000000 GB free beside {venv}, which has \d+ GB",
+                        result.stderr.strip())
+    assert not venv.exists()
+
+
+def test_the_test_command_checks_room_for_all_its_builds_first(tmp_path):
+    venvs = tmp_path / 'venvs'
+    result = subprocess.run(['bash', os.path.join(REPO, 'scripts', 'test.sh')], capture_output=True, text=True,
+                            env=dict(os.environ, INTERNVL_VENVS=str(venvs), INTERNVL_BUILD_GB='1000000000'),
+                            timeout=60)
+    assert result.returncode == 1
+    assert re.fullmatch(rf'test.sh: building 3 environments needs about 3000000000 GB free under {venvs}/, which has '
+                        r'\d+ GB; free some space or set INTERNVL_VENVS to a folder on a larger disk',
+                        result.stderr.strip())
+    assert os.listdir(venvs) == []
+
+
 def test_make_env_refuses_an_unknown_world(tmp_path):
     result = make_env('nightly', str(tmp_path / 'venv'), LOCKS)
     assert result.returncode == 2 and "no lock file" in result.stderr and "'nightly'" in result.stderr

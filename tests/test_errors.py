@@ -37,20 +37,23 @@ def test_unsupported_llm_architecture(tiny_checkpoint, tmp_path):
     path = copy_with_config(tiny_checkpoint('qwen2'), tmp_path / 'mistral',
                             lambda c: c['llm_config'].update(architectures=['MistralForCausalLM']))
     with pytest.raises(ValueError, match=r"mistral/config.json: llm_config: architectures \['MistralForCausalLM'\] "
-                                         r"is not supported; expected one of \['InternLM2ForCausalLM'"):
+                                         r"is not supported; expected one of \['GptOssForCausalLM', "
+                                         r"'InternLM2ForCausalLM'"):
         InternVL_V1_5(path)
 
 
-def test_a_family_newer_than_the_installed_transformers_names_the_release_it_needs(monkeypatch):
-    """As on the pinned world's transformers 4.48, which has no Qwen3Config."""
+@pytest.mark.parametrize('architecture,release', [('Qwen3ForCausalLM', '4.51.0'), ('Qwen3MoeForCausalLM', '4.51.0'),
+                                                  ('GptOssForCausalLM', '4.55.0')])
+def test_a_family_newer_than_the_installed_transformers_names_the_release_it_needs(monkeypatch, architecture,
+                                                                                   release):
+    """As on the pinned world's transformers 4.48, which has no Qwen3, Qwen3-MoE or GPT-OSS config."""
     from types import SimpleNamespace
     from internvl_plugin.model.modeling import llm
     from internvl_plugin.model.modeling.llm import build_llm_config
     monkeypatch.setattr(llm, 'transformers', SimpleNamespace(__version__='4.48.0'))
-    with pytest.raises(ValueError, match=r'^ckpt/config.json: llm_config: Qwen3ForCausalLM needs transformers >= '
-                                         r'4.51.0 \(installed: 4.48.0\); install a newer world'):
-        build_llm_config({'architectures': ['Qwen3ForCausalLM'], 'hidden_size': 64},
-                         source='ckpt/config.json: llm_config')
+    with pytest.raises(ValueError, match=rf'^ckpt/config.json: llm_config: {architecture} needs transformers >= '
+                                         rf'{release} \(installed: 4.48.0\); install a newer world'):
+        build_llm_config({'architectures': [architecture], 'hidden_size': 64}, source='ckpt/config.json: llm_config')
 
 
 def test_invalid_json_names_the_line(tiny_checkpoint, tmp_path):

@@ -63,7 +63,7 @@ def test_official_checkpoint_round_trips_through_the_network_names(tiny_checkpoi
 
 def test_hf_keys_are_distinct_and_cover_every_tensor(tiny_checkpoint):
     weights = load_weights(tiny_checkpoint('qwen2', '6b'))
-    hf = network_to_hf(weights)
+    hf = network_to_hf(weights, 'qwen2')
     qkv = [k for k in weights if k.endswith('attn.qkv.weight')]
     assert len(hf) == len(weights) + 2 * len(qkv)  # each fused qkv became three tensors
     assert 'model.vision_tower.encoder.layer.0.attention.q_proj.weight' in hf

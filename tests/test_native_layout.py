@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from conftest import needs_native_internvl, needs_qwen3
+from conftest import needs_gpt_oss, needs_native_internvl, needs_qwen3
 from helpers import image_batch
 from safetensors.torch import load_file, save_file
 from test_convert import train_and_save, write_config
@@ -51,14 +51,17 @@ def rewrite(folder, config_change=None, weights_change=None):
 
 
 @pytest.mark.parametrize('llm,vit', [('qwen2', '300m'), ('qwen2', '6b'), ('internlm2', '300m'),
-                                     pytest.param('qwen3', '300m', marks=needs_qwen3)])
+                                     pytest.param('qwen3', '300m', marks=needs_qwen3),
+                                     pytest.param('qwen3_moe', '300m', marks=needs_qwen3),
+                                     pytest.param('gpt_oss', '300m', marks=needs_gpt_oss)])
 def test_a_native_folder_is_the_network_of_its_official_twin(twins, llm, vit):
     official, native = twins(llm, vit)
     official_model, batch, expected = logits(official)
     native_model, _, found = logits(native, batch)
     assert (official_model.layout, native_model.layout) == ('official', 'hf')
     assert torch.allclose(found, expected, atol=1e-5)
-    assert native_model.config['template'] == 'internvl2_5' and native_model.config['max_dynamic_patch'] == 12
+    template = 'internvl3_5_gpt_oss' if llm == 'gpt_oss' else 'internvl2_5'
+    assert native_model.config['template'] == template and native_model.config['max_dynamic_patch'] == 12
 
 
 def test_the_prefixes_of_checkpoints_saved_before_transformers_4_52_load_too(twins, tmp_path):
@@ -94,7 +97,7 @@ def test_keys_that_fit_no_part_and_unknown_text_models_are_named(tmp_path):
         InternVL_V1_5(str(folder))
     rewrite(folder, config_change=lambda c: c['text_config'].update(model_type='mistral'))
     with pytest.raises(ValueError, match=r"config.json: text_config.model_type 'mistral' is not supported; expected "
-                                         r"one of \['llama', 'phi3', 'qwen2', 'qwen3'\]"):
+                                         r"one of \['gpt_oss', 'llama', 'phi3', 'qwen2', 'qwen3', 'qwen3_moe'\]"):
         InternVL_V1_5(str(folder))
 
 

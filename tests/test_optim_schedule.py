@@ -1,8 +1,10 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
 from mmengine.optim import OptimWrapper
 
-from internvl_plugin import CosineLR, InternVL_V1_5, InternVLAdamW, WarmupLR
+from internvl_plugin import CosineLR, InternVL_V1_5, InternVLAdamW, ProgressLoggerHook, WarmupLR
 
 
 def _part_of(model, param):
@@ -73,3 +75,11 @@ def test_long_epochs_warm_up_over_the_rounded_up_fraction():
     assert rates[0] == pytest.approx(1e-5) and rates[15] == pytest.approx(0.5, abs=0.01)
     assert rates[30] == pytest.approx(1.0) and max(rates) == pytest.approx(1.0)
     assert rates[-1] < 1e-4
+
+
+@pytest.mark.parametrize('max_iters,interval', [(8, 1), (50, 5), (100, 10), (5000, 10)])
+def test_short_runs_log_often_enough_to_show_progress(max_iters, interval):
+    """The configs log every 10 iterations; an 8-iteration run then printed nothing until it had ended."""
+    hook = ProgressLoggerHook(interval=10)
+    hook.before_train(SimpleNamespace(max_iters=max_iters))
+    assert hook.interval == interval

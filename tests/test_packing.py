@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import needs_cpu_4bit
+from conftest import needs_cpu_4bit, needs_gpt_oss, needs_qwen3
 from mmengine.config import Config
 from mmengine.config.lazy import LazyObject
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -145,7 +145,9 @@ def test_packing_leaves_under_five_percent_padding_on_a_mixed_workload(mixed_dat
 
 
 @pytest.mark.parametrize('family,attn,lora', [('qwen2', 'sdpa', False), ('internlm2', 'eager', True),
-                                              ('phi3', 'sdpa', False)])
+                                              ('phi3', 'sdpa', False),
+                                              pytest.param('qwen3_moe', 'sdpa', True, marks=needs_qwen3),
+                                              pytest.param('gpt_oss', 'eager', True, marks=needs_gpt_oss)])
 @pytest.mark.parametrize('reduction', ['token', 'sample', 'square'])
 def test_packed_loss_and_gradients_equal_unpacked(mixed_data, tiny_checkpoint, family, attn, lora, reduction,
                                                   monkeypatch):

@@ -1,6 +1,6 @@
-"""Token-exact prompts and labels for the four templates, written out by hand from the official strings."""
+"""Token-exact prompts and labels for the five templates, written out by hand from the official strings."""
 import pytest
-from conftest import needs_qwen3
+from conftest import needs_gpt_oss, needs_qwen3
 
 from internvl_plugin.dataset.templates import IGNORE_INDEX, TemplateEncoder, Turn, get_template
 from internvl_plugin.files import load_tokenizer
@@ -83,6 +83,47 @@ def test_internvl2_5_tokenises_each_turn_and_masks_the_newline(tokenizers, famil
     assert supervised(tokenizer, encoded.input_ids, encoded.labels) == 'A red circle.<|im_end|>red<|im_end|>'
     newline = tokenizer('\n', add_special_tokens=False)['input_ids']
     assert encoded.input_ids[-1:] == newline and encoded.labels[-1] == IGNORE_INDEX
+
+
+GPT_OSS_SYSTEM = ('You are InternVL, a large language model trained by Shanghai AI Laboratory.\nKnowledge cutoff: '
+                  '2024-06\nCurrent date: 2025-08-06\n\nReasoning: low\n\n# Valid channels: final. Channel must be '
+                  'included for every message.')
+
+
+@needs_gpt_oss
+def test_internvl3_5_gpt_oss_is_harmony_turn_by_turn_and_returns_after_the_last_answer(tokenizers):
+    """The official preprocess_internvl3_5_gpt_oss: each turn tokenised alone; only `<|start|>assistant` of an answer
+    is masked; `<|end|>` closes an answer a question follows, `<|return|>` the last one."""
+    tokenizer = tokenizers['gpt_oss']
+    turns = [Turn('human', '<image>\nWhat is it?'), Turn('gpt', 'A red circle.'),
+             Turn('human', 'And its colour?'), Turn('gpt', 'red')]
+    pieces = [f'<|start|>system<|message|>{GPT_OSS_SYSTEM}<|end|>',
+              f'<|start|>user<|message|>{SPAN}\nWhat is it?<|end|>',
+              '<|start|>assistant<|channel|>final<|message|>A red circle.<|end|>',
+              '<|start|>user<|message|>And its colour?<|end|>',
+              '<|start|>assistant<|channel|>final<|message|>red<|return|>']
+    expected_ids = [i for piece in pieces for i in tokenizer(piece, add_special_tokens=False)['input_ids']]
+    encoded = TemplateEncoder(get_template('internvl3_5_gpt_oss'), tokenizer).encode(None, turns, [5])
+    assert encoded.input_ids == expected_ids
+    assert supervised(tokenizer, encoded.input_ids, encoded.labels) == \
+        '<|channel|>final<|message|>A red circle.<|end|><|channel|>final<|message|>red<|return|>'
+    assert encoded.labels[-1] == tokenizer.convert_tokens_to_ids('<|return|>')
+
+
+@needs_gpt_oss
+def test_internvl3_5_gpt_oss_puts_thinking_in_the_analysis_channel(tokenizers):
+    tokenizer = tokenizers['gpt_oss']
+    encoder = TemplateEncoder(get_template('internvl3_5_gpt_oss'), tokenizer)
+    turns = [Turn('human', 'Colour?'), Turn('gpt', '<think> It looks red. </think>\nred')]
+    encoded = encoder.encode('Be brief.', turns, [])
+    answer = ('<|channel|>analysis<|message|>It looks red.<|end|><|start|>assistant<|channel|>final<|message|>red'
+              '<|return|>')
+    pieces = ['<|start|>system<|message|>Be brief.<|end|>', '<|start|>user<|message|>Colour?<|end|>',
+              '<|start|>assistant' + answer]
+    assert encoded.input_ids == [i for piece in pieces for i in tokenizer(piece, add_special_tokens=False)['input_ids']]
+    assert supervised(tokenizer, encoded.input_ids, encoded.labels) == answer
+    prompt = encoder.encode(None, [Turn('human', 'Colour?')], [], add_generation_prompt=True)
+    assert tokenizer.decode(prompt.input_ids).endswith('<|start|>user<|message|>Colour?<|end|><|start|>assistant')
 
 
 def test_multi_turn_internlm2_chat_strips_messages_as_official_code(tokenizers):

@@ -4,6 +4,7 @@ tools/convert_to_official.py into a model that loads. Each run must exit 0 and l
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 import pytest
 import torch
 from conftest import needs_cpu_4bit, needs_qwen3
+from safetensors.torch import load_file
 from xtuner_cli import (REPO, checkpoints, inside_packed_dataset, packed_config, saved_config, tiny_options,
                         xtuner_command, xtuner_env, xtuner_train)
 
@@ -20,7 +22,7 @@ from internvl_plugin.demo.shapes import write_split
 from internvl_plugin.model.checkpoint.trained import load_trained_state
 
 FULL = 'configs/v2_5/internvl_v2_5_qwen2_5_0_5b_finetune.py'
-LORA = 'configs/v2/internvl_v2_internlm2_2b_lora_finetune.py'
+LORA = 'internvl_v2_internlm2_2b_lora_finetune'  # by name, as XTuner's guide does: the name of XTuner's own config
 QLORA = 'configs/v2_5/internvl_v2_5_internlm2_5_26b_qlora_finetune.py'
 ZERO2 = 'configs/v2_5/internvl_v2_5_internlm2_5_8b_finetune.py'
 
@@ -55,14 +57,22 @@ def _llm_weight(model: InternVL_V1_5) -> torch.Tensor:
 
 
 def test_full_finetune_trains_mlp_and_llm_and_converts(tiny_checkpoint, shapes_meta, tmp_path):
+    """From a copy of the config made as XTuner users do (`xtuner copy-cfg NAME DIR`), in a folder of its own."""
     base = tiny_checkpoint('qwen2')
     work = str(tmp_path / 'work')
-    log = xtuner_train(FULL, work, tiny_options(base, shapes_meta, **{'optim_wrapper.optimizer.lr': 1e-3}))
+    name = os.path.basename(FULL)[:-3]
+    copied = subprocess.run([os.path.join(os.path.dirname(sys.executable), 'xtuner'), 'copy-cfg', name,
+                             str(tmp_path / 'mine')], capture_output=True, text=True, timeout=300)
+    assert copied.returncode == 0, copied.stderr[-2000:]
+    config = str(tmp_path / 'mine' / f'{name}_copy.py')
+    with open(config) as mine, open(os.path.join(REPO, FULL)) as shipped:
+        assert mine.read() == shipped.read()
+    log = xtuner_train(config, work, tiny_options(base, shapes_meta, **{'optim_wrapper.optimizer.lr': 1e-3}))
     checkpoint = _trained(work, log)
     assert checkpoint.endswith('iter_100.pth') and 'loss:' in log
     trained = load_trained_state(checkpoint)
     assert any(k.startswith('model.mlp1.') for k in trained) and not any('vision_model' in k for k in trained)
-    converted = _convert(work, FULL, checkpoint, str(tmp_path / 'converted'))
+    converted = _convert(work, config, checkpoint, str(tmp_path / 'converted'))
     assert torch.allclose(converted.model.mlp1[1].weight, trained['model.mlp1.1.weight'].float())
     assert not torch.equal(_llm_weight(converted), _llm_weight(InternVL_V1_5(base, torch_dtype='float32')))
 
@@ -86,6 +96,21 @@ def test_lora_and_qlora_runs_keep_only_adapters_and_convert_merged(tiny_checkpoi
     reference = InternVL_V1_5(base, torch_dtype='float32')
     assert not torch.allclose(_llm_weight(converted), _llm_weight(reference), atol=1e-6)  # the merge changed it
     assert torch.equal(converted.model.mlp1[1].weight, reference.model.mlp1[1].weight)
+
+
+def test_settings_reach_their_uses_and_data_errors_come_before_the_model(tiny_checkpoint, tmp_path):
+    """`--cfg-options path=... meta_path=...` reach the dataset (MMEngine alone leaves it the hub id), and a missing
+    meta file stops the run before the model is built: the model's own path is given and does not exist, so had
+    the model come first, its error would be the one."""
+    missing = str(tmp_path / 'missing.json')
+    options = {'path': tiny_checkpoint('qwen2'), 'meta_path': missing, 'model.model_path': str(tmp_path / 'none'),
+               'env_cfg.dist_cfg.backend': 'gloo'}
+    result = subprocess.run(xtuner_command(FULL, str(tmp_path / 'work'), options), env=xtuner_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, (result.stdout + result.stderr)[-3000:]
+    assert f"train_dataloader.dataset.meta_path='{missing}'" in result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f'train_dataloader.dataset: {missing} does not exist'
+    assert 'Traceback' not in result.stderr
 
 
 def test_one_process_deepspeed_runs_without_a_launcher_mpi4py_or_shims(tiny_checkpoint, tmp_path):
@@ -147,6 +172,7 @@ def test_internvl3_and_internvl3_5_configs_train_and_convert(tiny_checkpoint, sh
     options = tiny_options(base, shapes_meta, **{'optim_wrapper.optimizer.lr': 1e-3})
     packed = '/v3_5/' in config
     if packed:
+        del options['default_hooks.logger.interval']  # the config's 10: a 3-iteration run still logs each one
         options['train_dataloader.batch_size'] = 1
         del options['train_dataloader.sampler.per_device_batch_size']   # random order: no length groups
         inside_packed_dataset(options)
@@ -154,6 +180,8 @@ def test_internvl3_and_internvl3_5_configs_train_and_convert(tiny_checkpoint, sh
     log = xtuner_train(config, work, options, port=29617)
     checkpoint = _trained(work, log)
     assert checkpoint.endswith('iter_3.pth' if packed else 'iter_100.pth'), log[-3000:]
+    if packed:
+        assert re.findall(r'Iter\(train\) \[(\d)/3\]', log) == ['1', '2', '3']
     trained = load_trained_state(checkpoint)
     assert any(k.startswith('model.vision_model.') for k in trained) == packed
     converted = _convert(work, config, checkpoint, str(tmp_path / 'converted'))
@@ -161,6 +189,29 @@ def test_internvl3_and_internvl3_5_configs_train_and_convert(tiny_checkpoint, sh
     assert not torch.equal(_llm_weight(converted), _llm_weight(reference))
     vision = (lambda model: model.model.vision_model.encoder.layers[0].mlp.fc1.weight)
     assert torch.equal(vision(converted), vision(reference)) != packed
+
+
+@needs_qwen3
+def test_an_moe_lora_config_trains_its_experts_and_converts(tiny_checkpoint, shapes_meta, tmp_path):
+    """InternVL3.5-30B-A3B's LoRA config on a tiny Qwen3-MoE: LoRA reaches attention and experts, the router stays
+    as it was, and the converted checkpoint (experts merged) is the released per-expert layout again."""
+    base = tiny_checkpoint('qwen3_moe')
+    config = 'configs/v3_5/internvl_v3_5_qwen3_30b_a3b_lora_finetune.py'
+    work = str(tmp_path / 'work')
+    log = xtuner_train(config, work, tiny_options(base, shapes_meta, **{'optim_wrapper.optimizer.lr': 1e-3}),
+                       port=29618)
+    checkpoint = _trained(work, log)
+    assert checkpoint.endswith('iter_100.pth'), log[-3000:]
+    out = str(tmp_path / 'converted')
+    converted = _convert(work, config, checkpoint, out)
+    keys = set(load_file(os.path.join(out, 'model.safetensors')))
+    assert 'language_model.model.layers.0.mlp.experts.3.down_proj.weight' in keys
+    reference = InternVL_V1_5(base, torch_dtype='float32')
+
+    def layer(model, part):
+        return {n: p for n, p in model.model.language_model.named_parameters() if f'layers.0.mlp.{part}' in n}
+    assert all(torch.equal(p, layer(reference, 'gate')[n]) for n, p in layer(converted, 'gate').items())
+    assert any(not torch.equal(p, layer(reference, 'experts')[n]) for n, p in layer(converted, 'experts').items())
 
 
 def _last_checkpoint_iteration(work_dir: str) -> int:

@@ -38,7 +38,9 @@ def inside_packed_dataset(options: Dict[str, object]) -> Dict[str, object]:
 
 def xtuner_command(config: str, work_dir: str, options: Dict[str, object], deepspeed: Optional[str] = None,
                    resume: Optional[str] = None, seed: Optional[int] = 0) -> List[str]:
-    command = [os.path.join(os.path.dirname(sys.executable), 'xtuner'), 'train', os.path.join(REPO, config),
+    """`config` is a path (relative ones from the repository) or a bare config name, given to xtuner as it is."""
+    config = os.path.join(REPO, config) if os.sep in config else config
+    command = [os.path.join(os.path.dirname(sys.executable), 'xtuner'), 'train', config,
                '--work-dir', work_dir, '--cfg-options'] + [f'{k}={v}' for k, v in options.items()]
     if deepspeed:
         command += ['--deepspeed', deepspeed]
@@ -79,8 +81,9 @@ def checkpoints(work_dir: str) -> List[str]:
 
 
 def saved_config(work_dir: str, config: str) -> str:
-    """The config with the overrides applied, as xtuner train saved it into the work dir."""
-    return os.path.join(work_dir, os.path.basename(config))
+    """The config (a path or a name) with the overrides applied, as xtuner train saved it into the work dir."""
+    name = os.path.basename(config)
+    return os.path.join(work_dir, name if name.endswith('.py') else name + '.py')
 
 
 def packed_config(config: str, out_path: str, max_packed_tokens: int, loss_reduction: str = 'square') -> str:

@@ -17,7 +17,9 @@ def main() -> int:
     parser.add_argument('model_dir', help='an InternVL checkpoint folder or hub id')
     parser.add_argument('--image', action='append', default=[], help='an image (repeat for several)')
     parser.add_argument('--question', help='ask once and exit')
-    parser.add_argument('--max-new-tokens', type=int, default=512)
+    parser.add_argument('--max-new-tokens', type=int, default=1024,
+                        help='the longest answer, in tokens (default 1024, as the official examples); an answer ends '
+                             "earlier at the template's end token, and shows as it is generated")
     parser.add_argument('--device', help='default: cuda when available, else cpu')
     parser.add_argument('--trust-remote-code', action='store_true',
                         help="run the tokenizer code the checkpoint's auto_map names (never needed for InternVL)")
@@ -30,7 +32,8 @@ def main() -> int:
         print(f'chat: error: {error}', file=sys.stderr)
         return 1
     if args.question:
-        print(session.ask(args.question, args.max_new_tokens))
+        session.ask(args.question, args.max_new_tokens, on_text=_show)
+        print()
         return 0
     while True:
         try:
@@ -39,7 +42,13 @@ def main() -> int:
             return 0
         if not question:
             return 0
-        print(f'model> {session.ask(question, args.max_new_tokens)}')
+        print('model> ', end='', flush=True)
+        session.ask(question, args.max_new_tokens, on_text=_show)
+        print()
+
+
+def _show(text: str) -> None:
+    print(text, end='', flush=True)
 
 
 if __name__ == '__main__':

@@ -10,7 +10,7 @@ from xtuner.dataset.samplers import LengthGroupedSampler
 from internvl_plugin import InternVL_V1_5, InternVL_V1_5_Dataset, InternVLAdamW, internvl_collate_fn
 
 with read_base():
-    from .._base_.schedule_runtime import *  # noqa: F401,F403
+    from internvl_plugin.config_base.schedule_runtime import *  # noqa: F401,F403
 
 #######################################################################
 #                          PART 1  Settings                           #

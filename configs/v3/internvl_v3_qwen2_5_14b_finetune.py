@@ -4,6 +4,9 @@
 #   NPROC_PER_NODE=8 xtuner train configs/v3/internvl_v3_qwen2_5_14b_finetune.py \
 #     --deepspeed deepspeed_zero1
 # With fewer GPUs raise accumulative_counts, so that the global batch (and so the lr) stays as it is.
+# Will the default batch fit on 80 GB (tools/estimate_memory.py, worst case)?
+#   No: about 124 GiB per GPU with ZeRO-1; with ZeRO-3 on
+#   the same GPUs about 77 GiB (tight).
 from mmengine.config import read_base
 from mmengine.optim import OptimWrapper
 from xtuner.dataset.samplers import LengthGroupedSampler
@@ -11,7 +14,7 @@ from xtuner.dataset.samplers import LengthGroupedSampler
 from internvl_plugin import InternVL_V1_5, InternVL_V1_5_Dataset, InternVLAdamW, internvl_collate_fn
 
 with read_base():
-    from .._base_.schedule_runtime import *  # noqa: F401,F403
+    from internvl_plugin.config_base.schedule_runtime import *  # noqa: F401,F403
 
 #######################################################################
 #                          PART 1  Settings                           #

@@ -3,6 +3,9 @@
 # 1 GPU x 1 sample x 16 accumulation steps = global batch 16 (as the 2-GPU LoRA runs),
 # DeepSpeed ZeRO-2 for bf16 mixed precision (one process; ZeRO-3 cannot shard 4-bit weights):
 #   xtuner train configs/v3/internvl_v3_qwen2_5_72b_qlora_finetune.py --deepspeed deepspeed_zero2
+# Will the default batch fit on 80 GB (tools/estimate_memory.py, worst case)?
+#   No: about 91 GiB; max_length = 11264 fits (or the LoRA
+#   config on more GPUs).
 from mmengine.config import read_base
 from mmengine.optim import OptimWrapper
 from xtuner.dataset.samplers import LengthGroupedSampler
@@ -10,7 +13,7 @@ from xtuner.dataset.samplers import LengthGroupedSampler
 from internvl_plugin import InternVL_V1_5, InternVL_V1_5_Dataset, InternVLAdamW, internvl_collate_fn
 
 with read_base():
-    from .._base_.schedule_runtime import *  # noqa: F401,F403
+    from internvl_plugin.config_base.schedule_runtime import *  # noqa: F401,F403
 
 #######################################################################
 #                          PART 1  Settings                           #

@@ -5,6 +5,9 @@
 #   NNODES=4 NODE_RANK=<0..3> ADDR=<first node> PORT=29500 NPROC_PER_NODE=8 \
 #     xtuner train configs/v3_5/internvl_v3_5_qwen3_32b_finetune.py --deepspeed deepspeed_zero3
 # With fewer GPUs raise accumulative_counts, so that the global batch (and so the lr) stays as it is.
+# Will the default batch fit on 80 GB (tools/estimate_memory.py, worst case)?
+#   No: about 84 GiB per GPU; packs of max_packed_tokens =
+#   30720 and max_packed_tiles = 90 fit.
 from mmengine.config import read_base
 from mmengine.dataset import DefaultSampler
 from mmengine.optim import OptimWrapper
@@ -12,7 +15,7 @@ from mmengine.optim import OptimWrapper
 from internvl_plugin import InternVL_V1_5, InternVL_V1_5_Dataset, InternVLAdamW, PackedDataset, internvl_collate_fn
 
 with read_base():
-    from .._base_.schedule_runtime import *  # noqa: F401,F403
+    from internvl_plugin.config_base.schedule_runtime import *  # noqa: F401,F403
 
 #######################################################################
 #                          PART 1  Settings                           #

@@ -14,6 +14,7 @@ from PIL import Image
 
 from ..files import train_dataset_config
 from .internvl_dataset import InternVL_V1_5_Dataset, SampleDropped
+from .preference_dataset import PreferenceDataset
 from .samples import Sample, SampleError
 from .sources import DataError, read_annotation
 
@@ -42,24 +43,34 @@ class DataReport:
     problems: List[str]
     max_length: int
     over_length: int = 0
+    over_length_videos: int = 0
     dropped: int = 0
 
 
-def dataset_kwargs(inputs: List[str], overrides: Dict[str, Any]) -> Dict[str, Any]:
-    """InternVL_V1_5_Dataset arguments from a training config, or from a meta JSON and/or json/jsonl files."""
+DATASET_CLASSES = {cls.__name__: cls for cls in (InternVL_V1_5_Dataset, PreferenceDataset)}
+
+
+def dataset_kwargs(inputs: List[str], overrides: Dict[str, Any], preference: bool = False) -> Dict[str, Any]:
+    """The dataset's arguments, its class under `type`: a training config's own, or from a meta JSON and/or
+    json/jsonl files (PreferenceDataset when `preference`, else InternVL_V1_5_Dataset)."""
     if len(inputs) == 1 and inputs[0].endswith('.py'):
         from mmengine.config import Config
         dataset = train_dataset_config(Config.fromfile(inputs[0]))
         if not dataset:
             raise ValueError(f'{inputs[0]}: no train_dataloader.dataset to check')
-        dataset.pop('type', None)
-        kwargs = dataset
+        kind = dataset.get('type', InternVL_V1_5_Dataset)
+        name = getattr(kind, '__name__', str(kind).rsplit('.', 1)[-1])
+        if name not in DATASET_CLASSES:
+            raise ValueError(f'{inputs[0]}: train_dataloader.dataset is a {name}; expected one of '
+                             f"{', '.join(DATASET_CLASSES)}")
+        kwargs = dict(dataset, type=DATASET_CLASSES[name])
     else:
         metas = [path for path in inputs if _is_meta_json(path)]
         if len(metas) > 1:
             raise ValueError(f'give one meta JSON at a time, not {metas}')
         data = [path for path in inputs if path not in metas]
-        kwargs = {'meta_path': metas[0] if metas else None, 'data_paths': data or None}
+        kwargs = {'meta_path': metas[0] if metas else None, 'data_paths': data or None,
+                  'type': PreferenceDataset if preference else InternVL_V1_5_Dataset}
     kwargs.update({key: value for key, value in overrides.items() if value is not None})
     return kwargs
 
@@ -102,7 +113,8 @@ def check_dataset(dataset_kwargs: Dict[str, Any], decode: bool = False) -> DataR
     Image sizes come from the line's width/height or the image header; `decode` also runs the full loading path
     (pixels, video frames, the length policy) on each line.
     """
-    dataset = InternVL_V1_5_Dataset(**{**dataset_kwargs, 'skip_bad_samples': True})
+    settings = dict(dataset_kwargs)
+    dataset = settings.pop('type', InternVL_V1_5_Dataset)(**settings, skip_bad_samples=True)
     problems = list(dataset.skipped_problems)
     reports = {source.annotation: SourceReport(source.name, source.annotation,
                                                length_for=dataset.length_settings(source))
@@ -124,6 +136,7 @@ def check_dataset(dataset_kwargs: Dict[str, Any], decode: bool = False) -> DataR
         source_report.total.append(total)
         source_report.lengths[dataset.line_number(row.line)] = total
         report.over_length += total > dataset.max_length
+        report.over_length_videos += total > dataset.max_length and sample.video is not None
         if decode:
             try:
                 dataset.load_line(row.line, random.Random(0))
@@ -145,9 +158,12 @@ def format_report(report: DataReport) -> str:
             for label, values in (('text', source.text), ('image', source.image), ('total', source.total)):
                 cells = ''.join(f'{int(np.percentile(values, p)):>8}' for p in PERCENTILES)
                 lines.append(f'  {label:<8}{cells}{max(values):>8}')
+    notes = [f'videos among them: {report.over_length_videos}, which train with fewer frames until they fit'] \
+        if report.over_length_videos else []
+    if report.dropped:
+        notes.append(f'{report.dropped} would be dropped: an image or every answer past the limit')
     lines.append(f'samples over max_length {report.max_length}: {report.over_length}'
-                 + (f' ({report.dropped} would be dropped: an image or every answer past the limit)'
-                    if report.dropped else ''))
+                 + (f' ({"; ".join(notes)})' if notes else ''))
     lines.append(f'problems: {len(report.problems)}')
     lines += [f'  {problem}' for problem in report.problems]
     return '\n'.join(lines)

@@ -54,6 +54,11 @@ def _without_placeholders(text: str) -> str:
     return text.replace(IMAGE_PLACEHOLDER, '').replace(VIDEO_PLACEHOLDER, '')
 
 
+def _messages(sample: Sample) -> List[str]:
+    """The texts a sample's tokens come from: its turns, and a preference pair's rejected answer."""
+    return [turn.text for turn in sample.turns] + ([sample.rejected] if sample.rejected is not None else [])
+
+
 def _token_counts(tokenizer: Any, texts: List[str]) -> List[int]:
     """Tokens per text without special tokens; a fast tokenizer's backend is asked directly (the Python wrapper
     around each result costs as much as the tokenising)."""
@@ -72,6 +77,12 @@ def _build_tokenizer(tokenizer: Any, trust_remote_code: bool) -> Any:
         return load_tokenizer(resolve_model_path(tokenizer), add_internvl_tokens=True,
                               trust_remote_code=trust_remote_code)
     return build_from_config(tokenizer)
+
+
+def _length_progress(done: int, total: int) -> None:
+    """Logs each tenth of a length pass of several tasks."""
+    if total > 1 and done * 10 // total != (done - 1) * 10 // total:
+        logger.info('token lengths: %d of %d parts counted', done, total)
 
 
 class InternVL_V1_5_Dataset(Dataset):
@@ -205,7 +216,7 @@ class InternVL_V1_5_Dataset(Dataset):
         least_per_image = self.image.tokens_per_tile + 2
         fewest = None
         for text, number, source_id in zip(lines, line_numbers, source_ids):
-            sample = parse_sample(text, self.sources[source_id].root)
+            sample = self.parse(text, self.sources[source_id].root)
             least = least_per_image * (1 if sample.video is not None else len(sample.images))
             if least <= self.max_length:
                 return
@@ -216,10 +227,14 @@ class InternVL_V1_5_Dataset(Dataset):
                             f'(at least one tile of {self.image.tokens_per_tile} tokens each); the least, '
                             f'{fewest[1]}, needs {fewest[0]}. Raise max_length')
 
+    def parse(self, text: str, root: str) -> Sample:
+        """One stored line as a checked sample (PreferenceDataset reads its own line format)."""
+        return parse_sample(text, root)
+
     def _check(self, text: str, source: DataSource) -> Tuple[Optional[Sample], Optional[str]]:
         """The parsed sample and what is wrong with it (None when nothing is)."""
         try:
-            sample = parse_sample(text, source.root)
+            sample = self.parse(text, source.root)
         except SampleError as error:
             return None, str(error)
         return sample, missing_media(sample)
@@ -255,7 +270,11 @@ class InternVL_V1_5_Dataset(Dataset):
     def _estimate_lengths(self) -> Tuple[np.ndarray, np.ndarray]:
         spans = [range(start, min(start + LINES_PER_TASK, len(self._store)))
                  for start in range(0, len(self._store), LINES_PER_TASK)]
-        parts = map_in_processes(self._estimate_span, spans, self.length_workers)
+        if len(spans) > 1:  # more than one task: seconds to minutes, said as it goes
+            logger.info('counting the token lengths of %d lines in %d process(es) (for length-grouped batches '
+                        'and packing; tools/check_data.py --write-length stores them for the next run)',
+                        len(self._store), min(self.length_workers, len(spans)))
+        parts = map_in_processes(self._estimate_span, spans, self.length_workers, on_done=_length_progress)
         lengths, tiles, stale = (np.concatenate([part[k] for part in parts]) for k in range(3))
         self._report_stale_lengths(stale)
         return lengths, tiles
@@ -316,14 +335,15 @@ class InternVL_V1_5_Dataset(Dataset):
             part = []
             for line in range(start, min(start + chunk, lines.stop)):
                 source_id = int(self._source_ids[line])
-                sample = parse_sample(self._store[line], self.sources[source_id].root)
+                sample = self.parse(self._store[line], self.sources[source_id].root)
                 stale = sample.length is not None and sample.length_for not in (None, settings[source_id])
                 part.append((line, self.sources[source_id], sample, None if stale else sample.length, stale))
-            texts = ['\n'.join(_without_placeholders(turn.text) for turn in sample.turns)
+            texts = ['\n'.join(_without_placeholders(text) for text in _messages(sample))
                      for _, _, sample, length, _ in part if count_known_lengths or length is None]
             counts = iter(_token_counts(self.tokenizer, texts))
             for line, source, sample, length, stale in part:
-                text_tokens = (overhead + per_turn * len(sample.turns) + next(counts) - (len(sample.turns) - 1)
+                messages = len(_messages(sample))
+                text_tokens = (overhead + per_turn * messages + next(counts) - (messages - 1)
                                if count_known_lengths or length is None else 0)
                 sizes = image_sizes(line, sample) if image_sizes is not None else sample.sizes
                 tiles = self.tiles_per_image(sample, source, sizes)
@@ -406,18 +426,32 @@ class InternVL_V1_5_Dataset(Dataset):
         """As `load`, by stored line (each annotation line once, before repeat factors)."""
         rng = rng or random.Random(random.getrandbits(64))
         source = self.sources[self._source_ids[line]]
-        sample = parse_sample(self._store[line], source.root)
+        sample = self.parse(self._store[line], source.root)
         augment = self.data_augment if source.data_augment is None else source.data_augment
         if sample.video is not None:
             encoded, tiles = self._load_video(sample, rng)
         elif sample.images:
             encoded, tiles = self._load_images(sample, source)
         else:
-            encoded, tiles = self._fit(self.encoder.encode(sample.system, sample.turns, [])), []
+            encoded, tiles = self._fit_encoded(self._encode(sample, sample.turns, [])), []
         size = self.image.image_size
         pixel_values = torch.cat(tiles) if tiles else torch.zeros(0, 3, size, size, dtype=torch.uint8)
         if augment and len(pixel_values):
             pixel_values = torch.stack([jpeg_recompress(tile, rng) for tile in pixel_values]).view_as(pixel_values)
+        return self._item(encoded, pixel_values)
+
+    # The encoding steps a subclass with another kind of sample replaces (PreferenceDataset: a pair of answers).
+
+    def _encode(self, sample: Sample, turns: List[Turn], image_tokens: List[int]) -> Any:
+        return self.encoder.encode(sample.system, turns, image_tokens)
+
+    def _fit_encoded(self, encoded: Any) -> Any:
+        return self._fit(encoded)
+
+    def _encoded_length(self, encoded: Any) -> int:
+        return len(encoded.input_ids)
+
+    def _item(self, encoded: Any, pixel_values: torch.Tensor) -> Dict[str, Any]:
         return {'input_ids': torch.tensor(encoded.input_ids, dtype=torch.long),
                 'labels': torch.tensor(encoded.labels, dtype=torch.long),
                 'pixel_values': pixel_values, 'image_flags': torch.ones(len(pixel_values), dtype=torch.long),
@@ -436,12 +470,12 @@ class InternVL_V1_5_Dataset(Dataset):
                                 f'{self.max_length}; dropped')
         return Encoded(encoded.input_ids[:self.max_length], labels, encoded.image_ends)
 
-    def _load_images(self, sample: Sample, source: DataSource) -> Tuple[Encoded, List[torch.Tensor]]:
+    def _load_images(self, sample: Sample, source: DataSource) -> Tuple[Any, List[torch.Tensor]]:
         """Tile counts come from the image headers, so a sample that will be dropped is never decoded."""
         images = [self._open_image(path) for path in sample.images]
         counts = self.tiles_per_image(sample, source, [image.size for image in images])
-        encoded = self._fit(self.encoder.encode(sample.system, sample.turns,
-                                                [n * self.image.tokens_per_tile for n in counts]))
+        image_tokens = [n * self.image.tokens_per_tile for n in counts]
+        encoded = self._fit_encoded(self._encode(sample, sample.turns, image_tokens))
         limits = self._tiling(source, len(images))
         tiles = []
         for path, image in zip(sample.images, images):
@@ -459,7 +493,7 @@ class InternVL_V1_5_Dataset(Dataset):
         except (OSError, ValueError, Image.DecompressionBombError) as error:
             raise SampleError(f'cannot open image {path} ({type(error).__name__}: {error})') from None
 
-    def _load_video(self, sample: Sample, rng: random.Random) -> Tuple[Encoded, List[torch.Tensor]]:
+    def _load_video(self, sample: Sample, rng: random.Random) -> Tuple[Any, List[torch.Tensor]]:
         try:
             total, read_frames = open_video(sample.video, sample.clip)
         except (OSError, ValueError) as error:
@@ -467,12 +501,12 @@ class InternVL_V1_5_Dataset(Dataset):
         n_frames = min(rng.randint(self.min_num_frames, self.max_num_frames), total)
         per_tile = self.image.tokens_per_tile
         while True:  # fewer frames until the sample fits: frames are sampled, never cut
-            encoded = self.encoder.encode(sample.system, expand_video(sample.turns, n_frames), [per_tile] * n_frames)
-            over = len(encoded.input_ids) - self.max_length
+            encoded = self._encode(sample, expand_video(sample.turns, n_frames), [per_tile] * n_frames)
+            over = self._encoded_length(encoded) - self.max_length
             if over <= 0 or n_frames == 1:
                 break
             n_frames = max(1, n_frames - -(-over // (per_tile + 2)))
-        encoded = self._fit(encoded)
+        encoded = self._fit_encoded(encoded)
         try:
             frames = read_frames(sample_frame_indices(n_frames, total, rng))
         except (OSError, ValueError) as error:

@@ -18,20 +18,32 @@ def _call_inherited(argument):
     return _FORKED_FUNCTION(argument)
 
 
-def map_in_processes(function: Callable[[Argument], Result], arguments: Sequence[Argument],
-                     workers: int) -> List[Result]:
+def _no_progress(done: int, total: int) -> None:
+    """The default `on_done` of map_in_processes: says nothing."""
+
+
+def map_in_processes(function: Callable[[Argument], Result], arguments: Sequence[Argument], workers: int,
+                     on_done: Callable[[int, int], None] = _no_progress) -> List[Result]:
     """`[function(a) for a in arguments]`, in `workers` forked processes; in this one where the platform cannot
-    fork, for one worker, or for a single argument."""
+    fork, for one worker, or for a single argument. `on_done(done, total)` hears each finished argument."""
     global _FORKED_FUNCTION
     workers = min(workers, len(arguments))
     if workers <= 1 or 'fork' not in multiprocessing.get_all_start_methods():
-        return [function(argument) for argument in arguments]
+        results = []
+        for argument in arguments:
+            results.append(function(argument))
+            on_done(len(results), len(arguments))
+        return results
     _FORKED_FUNCTION = function
     saved = os.environ.get('TOKENIZERS_PARALLELISM')
     os.environ['TOKENIZERS_PARALLELISM'] = 'false'   # a forked child must not use the parent's thread pool
     try:
         with multiprocessing.get_context('fork').Pool(workers) as pool:
-            return pool.map(_call_inherited, arguments, chunksize=1)
+            results = []
+            for result in pool.imap(_call_inherited, arguments, chunksize=1):
+                results.append(result)
+                on_done(len(results), len(arguments))
+            return results
     finally:
         _FORKED_FUNCTION = None
         if saved is None:

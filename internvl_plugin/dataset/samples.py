@@ -21,6 +21,7 @@ class Sample:
     clip: Optional[Tuple[float, float]] = None                # seconds of the video to use
     length: Optional[int] = None                              # precomputed total tokens, when the line has it
     length_for: Optional[str] = None                          # the settings `length` was counted for, if recorded
+    rejected: Optional[str] = None                            # a preference pair's rejected answer (turns: chosen)
 
     @property
     def kind(self) -> str:
@@ -39,7 +40,7 @@ def _paths(record: dict, key: str) -> Optional[List[str]]:
     return values
 
 
-def _refuse_image_tokens(text: str, where: str) -> None:
+def refuse_image_tokens(text: str, where: str) -> None:
     """The tokens that frame image features may only come from <image> / <video> placeholders: written in the text
     they would shift or break the image spans."""
     for token in (IMG_CONTEXT, IMG_START, IMG_END):
@@ -51,7 +52,10 @@ def _refuse_image_tokens(text: str, where: str) -> None:
 def _turns(record: dict) -> Tuple[Optional[str], List[Turn]]:
     conversations = record.get('conversations')
     if not isinstance(conversations, list) or not conversations:
-        raise SampleError('"conversations" is missing or empty; expected a list of {"from", "value"} turns')
+        pair = conversations is None and {'question', 'chosen', 'rejected'} <= set(record)
+        raise SampleError('"conversations" is missing or empty; expected a list of {"from", "value"} turns' + (
+            ' (this line is a preference pair: question / chosen / rejected; PreferenceDataset reads those)'
+            if pair else ''))
     system, turns = None, []
     for number, turn in enumerate(conversations, start=1):
         if not isinstance(turn, dict) or not isinstance(turn.get('value'), str) or 'from' not in turn:
@@ -59,7 +63,7 @@ def _turns(record: dict) -> Tuple[Optional[str], List[Turn]]:
         role = turn['from']
         if role == 'system' and number == 1:
             system = turn['value']
-            _refuse_image_tokens(system, 'the system turn')
+            refuse_image_tokens(system, 'the system turn')
             continue
         if role not in ('human', 'gpt'):
             raise SampleError(f"turn {number} has role {role!r}; expected 'human' or 'gpt' ('system' only first)")
@@ -69,7 +73,7 @@ def _turns(record: dict) -> Tuple[Optional[str], List[Turn]]:
                               "alternate human, gpt, human, ...")
         if not turn['value'].strip():
             raise SampleError(f'turn {number} ({role}) is empty')
-        _refuse_image_tokens(turn['value'], f'turn {number} ({role})')
+        refuse_image_tokens(turn['value'], f'turn {number} ({role})')
         turns.append(Turn(role, turn['value']))
     if len(turns) < 2:
         raise SampleError('the conversation has no gpt answer; expected at least one human turn and one gpt turn')
@@ -115,14 +119,24 @@ def _place_media(turns: List[Turn], n_images: int, is_video: bool) -> None:
                           'expected one per image (or none, to put them all before the first question)')
 
 
-def parse_sample(text: str, root: str) -> Sample:
-    """Checks the structure (not the files) and returns the sample with media paths joined to `root`."""
+def decode_record(text: str) -> dict:
+    """One line's JSON object."""
     try:
         record: Any = json.loads(text)
     except json.JSONDecodeError as error:
         raise SampleError(f'invalid JSON ({error.msg} at column {error.colno})') from None
     if not isinstance(record, dict):
         raise SampleError(f'expected a JSON object per sample, found {type(record).__name__}')
+    return record
+
+
+def parse_sample(text: str, root: str) -> Sample:
+    """Checks the structure (not the files) and returns the sample with media paths joined to `root`."""
+    return parse_record(decode_record(text), root)
+
+
+def parse_record(record: dict, root: str) -> Sample:
+    """As parse_sample, from the decoded JSON object."""
     system, turns = _turns(record)
     images, video = _paths(record, 'image'), _paths(record, 'video')
     if images and video:

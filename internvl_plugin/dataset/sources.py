@@ -76,6 +76,8 @@ def read_meta(meta_path: str) -> List[DataSource]:
     sources = []
     for name, entry in meta.items():
         where = f"{meta_path}: dataset '{name}'"
+        if isinstance(entry, dict) and 'annotaion' in entry and 'annotation' not in entry:
+            raise DataError(f'{where}: "annotaion" is a misspelling of "annotation"; rename the key')
         if not isinstance(entry, dict) or 'annotation' not in entry:
             raise DataError(f'{where}: expected an object with at least "annotation" (and usually "root")')
         unknown = sorted(set(entry) - _META_KEYS)

@@ -1,9 +1,15 @@
-"""The four InternVL chat templates: rendering, token ids and labels as the official preprocessing makes them.
+"""The five InternVL chat templates: rendering, token ids and labels as the official preprocessing makes them.
 
 internlm2-chat, Hermes-2 and phi3-chat render the whole conversation into one string, tokenised at once;
-internvl2_5 tokenises every turn on its own. Labels cover each answer and the token that ends it, found from
-character offsets (fast tokenizers) or prefix lengths (slow ones), never by the official counting trick that
-masks whole samples when a tokenizer behaves unexpectedly.
+internvl2_5 and internvl3_5_gpt_oss tokenise every turn on its own. Labels cover each answer and the token that
+ends it, found from character offsets (fast tokenizers) or prefix lengths (slow ones), never by the official
+counting trick that masks whole samples when a tokenizer behaves unexpectedly.
+
+internvl3_5_gpt_oss is GPT-OSS's harmony format: an answer is `<|channel|>final<|message|>` + text, supervised
+with its header, and ends with `<|return|>` when it is the conversation's last message, `<|end|>` before another
+turn (the official preprocessing means this, but at its HEAD takes the ending from a stale loop variable). An
+answer with `<think>...</think>` puts the thinking in the analysis channel first, as the official `_with_think`
+preprocessing does.
 """
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -16,6 +22,9 @@ IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER = '<image>', '<video>'
 
 _INTERNVL_SYSTEM = ('你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, '
                     '是一个有用无害的人工智能助手。')
+_GPT_OSS_SYSTEM = ('You are InternVL, a large language model trained by Shanghai AI Laboratory.\nKnowledge cutoff: '
+                   '2024-06\nCurrent date: 2025-08-06\n\nReasoning: low\n\n# Valid channels: final. Channel must be '
+                   'included for every message.')
 _INTERNVL2_5_SYSTEM = ('你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的'
                        '多模态大语言模型。')
 
@@ -32,6 +41,9 @@ class ChatTemplate:
     sep: str = ''             # unsupervised text after `end` (internvl2_5's newline)
     per_turn: bool = False    # tokenise each turn separately (internvl2_5) instead of the whole string
     strip_messages: bool = False  # the official internlm2-chat preprocessing strips every message
+    final_channel: str = ''   # supervised header before each answer (harmony's final channel)
+    analysis_channel: str = ''  # where an answer's <think> text goes (harmony); empty: it stays in the answer
+    last_end: str = ''        # ends the conversation's last answer instead of `end` (harmony's <|return|>)
 
 
 TEMPLATES: Dict[str, ChatTemplate] = {t.name: t for t in (
@@ -42,7 +54,11 @@ TEMPLATES: Dict[str, ChatTemplate] = {t.name: t for t in (
     ChatTemplate('phi3-chat', '<|system|>\n', _INTERNVL_SYSTEM, '<|user|>\n', '<|assistant|>\n', '<|end|>'),
     ChatTemplate('internvl2_5', '<|im_start|>system\n', _INTERNVL2_5_SYSTEM, '<|im_start|>user\n',
                  '<|im_start|>assistant\n', '<|im_end|>', sep='\n', per_turn=True),
+    ChatTemplate('internvl3_5_gpt_oss', '<|start|>system<|message|>', _GPT_OSS_SYSTEM, '<|start|>user<|message|>',
+                 '<|start|>assistant', '<|end|>', per_turn=True, final_channel='<|channel|>final<|message|>',
+                 analysis_channel='<|channel|>analysis<|message|>', last_end='<|return|>'),
 )}
+THINK_START, THINK_END = '<think>', '</think>'
 # XTuner-style spellings of the same templates.
 def get_template(name: str) -> ChatTemplate:
     """By official name (as in a checkpoint's config.json) or XTuner-style alias."""
@@ -101,14 +117,25 @@ class TemplateEncoder:
         """Per turn, (text, supervised) pieces; all of them joined are the official prompt string."""
         t = self.template
         rendered = [[(t.system_prefix + (t.system if system is None else system) + t.end + t.sep, False)]]
-        for turn in turns:
+        for index, turn in enumerate(turns):
             text = turn.text.strip() if t.strip_messages else turn.text
             if turn.role == 'human':
                 rendered.append([(t.user_prefix + text + t.end + t.sep, False)])
             else:
-                answer = [(t.assistant_prefix, False), (text + t.end, True)]
+                answer = [(t.assistant_prefix, False), (self._answer(text, index == len(turns) - 1), True)]
                 rendered.append(answer + [(t.sep, False)] if t.sep else answer)
         return rendered
+
+    def _answer(self, text: str, last: bool) -> str:
+        """The supervised text of one answer after the assistant prefix."""
+        t = self.template
+        end = t.last_end if last and t.last_end else t.end
+        if t.analysis_channel and THINK_START in text and THINK_END in text:
+            thinking, final = text.rsplit(THINK_END, 1)
+            thinking = thinking.split(THINK_START, 1)[1]
+            return (t.analysis_channel + thinking.strip() + t.end + t.assistant_prefix + t.final_channel +
+                    final.strip() + end)
+        return t.final_channel + text + end
 
     def encode(self, system: Optional[str], turns: Sequence[Turn], image_tokens: Sequence[int],
                add_generation_prompt: bool = False) -> Encoded:
@@ -127,6 +154,29 @@ class TemplateEncoder:
         else:
             ids, labels = self._tokenize([piece for turn in rendered for piece in turn], add_special_tokens=True)
         return self._widen_images(ids, labels, image_tokens)
+
+    @property
+    def stop_token(self) -> str:
+        """What ends a generated answer: harmony's <|return|> (its <|end|> may close an analysis message first)."""
+        return self.template.last_end or self.template.end
+
+    def answer_text(self, generated_ids: Sequence[int]) -> str:
+        """The answer in generated ids: for harmony the final channel's message, headers and endings left out."""
+        t = self.template
+        if not t.final_channel:
+            return self.tokenizer.decode(generated_ids, skip_special_tokens=True).strip()
+        return self.final_message(self.tokenizer.decode(generated_ids, skip_special_tokens=False)).strip()
+
+    def final_message(self, text: str) -> str:
+        """Harmony text after its last final-channel header, up to the first end token (the whole text without a
+        header)."""
+        text = text.rsplit(self.template.final_channel, 1)[-1]
+        for end in self.end_tokens():
+            text = text.split(end, 1)[0]
+        return text
+
+    def end_tokens(self) -> List[str]:
+        return [end for end in (self.template.last_end, self.template.end) if end]
 
     def _tokenize(self, pieces: Sequence[Tuple[str, bool]], add_special_tokens: bool) -> Tuple[List[int], List[int]]:
         """Ids of the joined pieces; labels on the tokens that start inside a supervised piece. A token that

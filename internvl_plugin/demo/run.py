@@ -9,10 +9,11 @@ import re
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
 
+from ..curves import plot_training_curves, read_training_curves
 from ..dataset import InternVL_V1_5_Dataset
 from ..dataset.templates import IGNORE_INDEX
 from ..model.internvl import InternVL_V1_5
@@ -24,7 +25,7 @@ from .shapes import COLOURS, write_split
 DEMO_CONFIG = os.path.join('configs', 'v2_5', 'internvl_v2_5_qwen2_5_0_5b_finetune.py')
 
 
-def _log(message: str) -> None:
+def demo_log(message: str) -> None:
     print(f'[demo] {message}', flush=True)
 
 
@@ -51,16 +52,16 @@ def write_meta(path: str, root: str, annotation: str, repeat_time: float) -> str
     return path
 
 
-def train_command(repo: str, work_dir: str, model_path: str, meta_path: str, lr: float, batch_size: int) -> List[str]:
+def train_command(repo: str, work_dir: str, model_path: str, meta_path: str, lr: float, batch_size: int,
+                  config: str = DEMO_CONFIG, **options: Any) -> List[str]:
+    """The config's own settings (the top lines), overridden as a user would: each reaches every value the config
+    computes from it (`path` -> the model's and the dataset's model_path); `options`: more --cfg-options."""
     options = {
-        'model.model_path': model_path, 'train_dataloader.dataset.model_path': model_path,
-        'train_dataloader.dataset.meta_path': meta_path, 'model.torch_dtype': 'float32',
-        'optim_wrapper.optimizer.lr': lr, 'train_dataloader.batch_size': batch_size,
-        'train_dataloader.sampler.per_device_batch_size': batch_size, 'optim_wrapper.accumulative_counts': 1,
-        'train_dataloader.num_workers': 2, 'default_hooks.logger.interval': 10,
+        'path': model_path, 'meta_path': meta_path, 'lr': lr, 'batch_size': batch_size, 'accumulative_counts': 1,
+        'dataloader_num_workers': 2, 'model.torch_dtype': 'float32', **options,
     }
     xtuner = os.path.join(os.path.dirname(sys.executable), 'xtuner')
-    return [xtuner, 'train', os.path.join(repo, DEMO_CONFIG), '--work-dir', work_dir, '--seed', '0',
+    return [xtuner, 'train', os.path.join(repo, config), '--work-dir', work_dir, '--seed', '0',
             '--cfg-options'] + [f'{k}={v}' for k, v in options.items()]
 
 
@@ -82,27 +83,10 @@ def run_logged(command: List[str], log_path: str) -> int:
         return process.wait()
 
 
-def run_demo(work_dir: str, repo: str, lr: float = 2e-3, batch_size: int = 8, repeat_time: int = 4,
-             seed: int = 0) -> Dict:
-    started = time.time()
-    torch.manual_seed(seed)
-    work_dir = os.path.abspath(work_dir)
-    base = os.path.join(work_dir, 'tiny-internvl-qwen2')
-    data = os.path.join(work_dir, 'data')
-    train_dir = os.path.join(work_dir, 'train')
-    converted = os.path.join(work_dir, 'converted')
-    _log(f'building a tiny InternVL checkpoint (Qwen2 + ViT-300M layout, official files) in {base}')
-    build_tiny_checkpoint(base, llm='qwen2', vit='300m', seed=seed, overwrite=True)
-    _log(f'writing synthetic colour questions ({len(COLOURS)} colours, chance 25%) to {data}')
-    train_file = write_split(data, 'train', 512, seed=seed)
-    held_out_file = write_split(data, 'held_out', 100, seed=seed + 1)
-    meta = write_meta(os.path.join(data, 'meta.json'), data, train_file, repeat_time=repeat_time)
-    held_out = InternVL_V1_5_Dataset(model_path=base, data_paths=[held_out_file])
-    before = accuracy(InternVL_V1_5(base, torch_dtype='float32', use_activation_checkpointing=False), held_out)
-    _log(f'untrained held-out accuracy: {before:.0%} ({len(held_out)} questions)')
-
-    command = train_command(repo, train_dir, base, meta, lr, batch_size)
-    _log(f'fine-tuning on 512 images x repeat_time {repeat_time} (one epoch): xtuner train {DEMO_CONFIG} ...')
+def train_and_convert(command: List[str], repo: str, config: str, work_dir: str, train_dir: str,
+                      converted: str) -> None:
+    """Runs `command` (xtuner train of `config` into `train_dir`, output in work_dir/xtuner_train.log) and converts
+    its last checkpoint to the official layout in `converted`."""
     os.makedirs(train_dir, exist_ok=True)
     train_log = os.path.join(work_dir, 'xtuner_train.log')
     status = run_logged(command, train_log)
@@ -111,13 +95,45 @@ def run_demo(work_dir: str, repo: str, lr: float = 2e-3, batch_size: int = 8, re
         raise RuntimeError(f'xtuner train failed (exit status {status}) or left no checkpoint in {train_dir}; see '
                            f'{train_log}')
     checkpoint = open(marker).read().strip()
-    config = os.path.join(train_dir, os.path.basename(DEMO_CONFIG))  # the config with the overrides applied
-    _log(f'converting {checkpoint} to the official layout in {converted}')
-    subprocess.run([sys.executable, os.path.join(repo, 'tools', 'convert_to_official.py'), config, checkpoint,
+    saved = os.path.join(train_dir, os.path.basename(config))  # the config with the overrides applied
+    demo_log(f'converting {checkpoint} to the official layout in {converted}')
+    subprocess.run([sys.executable, os.path.join(repo, 'tools', 'convert_to_official.py'), saved, checkpoint,
                     converted, '--dtype', 'float32', '--overwrite'], check=True)
+
+
+def demo_folders(work_dir: str, seed: int) -> Tuple[str, str, str, str, str]:
+    """The demo's folders (work dir, tiny checkpoint, data, training, converted result), with the tiny checkpoint
+    built; seeds torch."""
+    torch.manual_seed(seed)
+    work_dir = os.path.abspath(work_dir)
+    base = os.path.join(work_dir, 'tiny-internvl-qwen2')
+    demo_log(f'building a tiny InternVL checkpoint (Qwen2 + ViT-300M layout, official files) in {base}')
+    build_tiny_checkpoint(base, llm='qwen2', vit='300m', seed=seed, overwrite=True)
+    return (work_dir, base, os.path.join(work_dir, 'data'), os.path.join(work_dir, 'train'),
+            os.path.join(work_dir, 'converted'))
+
+
+def run_demo(work_dir: str, repo: str, lr: float = 2e-3, batch_size: int = 8, repeat_time: int = 4,
+             seed: int = 0) -> Dict:
+    started = time.time()
+    work_dir, base, data, train_dir, converted = demo_folders(work_dir, seed)
+    demo_log(f'writing synthetic colour questions ({len(COLOURS)} colours, chance 25%) to {data}')
+    train_file = write_split(data, 'train', 512, seed=seed)
+    held_out_file = write_split(data, 'held_out', 100, seed=seed + 1)
+    meta = write_meta(os.path.join(data, 'meta.json'), data, train_file, repeat_time=repeat_time)
+    held_out = InternVL_V1_5_Dataset(model_path=base, data_paths=[held_out_file])
+    before = accuracy(InternVL_V1_5(base, torch_dtype='float32', use_activation_checkpointing=False), held_out)
+    demo_log(f'untrained held-out accuracy: {before:.0%} ({len(held_out)} questions)')
+
+    command = train_command(repo, train_dir, base, meta, lr, batch_size)
+    demo_log(f'fine-tuning on 512 images x repeat_time {repeat_time} (one epoch): xtuner train {DEMO_CONFIG} ...')
+    train_and_convert(command, repo, DEMO_CONFIG, work_dir, train_dir, converted)
+    curves = plot_training_curves(read_training_curves(train_dir), os.path.join(work_dir, 'training_curves.png'),
+                                  title=f'demo: {os.path.basename(DEMO_CONFIG)}')
+    demo_log(f'loss, lr and grad norm drawn in {curves}')
     after = accuracy(InternVL_V1_5(converted, torch_dtype='float32', use_activation_checkpointing=False), held_out)
-    _log(f'held-out accuracy: untrained {before:.0%} -> fine-tuned and converted {after:.0%} '
-         f'({len(held_out)} questions, chance 25%) in {time.time() - started:.0f} s')
-    _log(f'written under {work_dir}: tiny checkpoint {os.path.basename(base)}/, data/, train/ (checkpoints, config, '
-         f'logs), xtuner_train.log, converted/ (the official-layout result)')
+    demo_log(f'held-out accuracy: untrained {before:.0%} -> fine-tuned and converted {after:.0%} '
+             f'({len(held_out)} questions, chance 25%) in {time.time() - started:.0f} s')
+    demo_log(f'written under {work_dir}: tiny checkpoint {os.path.basename(base)}/, data/, train/ (checkpoints, '
+             'config, logs), xtuner_train.log, training_curves.png, converted/ (the official-layout result)')
     return {'before': before, 'after': after}

@@ -48,3 +48,18 @@ def write_split(folder: str, name: str, count: int, seed: int) -> str:
         for line in lines:
             f.write(json.dumps(line) + '\n')
     return path
+
+
+def write_preference_split(folder: str, name: str, count: int, seed: int) -> str:
+    """`write_split`'s images as preference pairs (official MMPR lines): chosen names the shape's colour, rejected
+    another colour; returns the jsonl path (folder/{name}_pairs.jsonl)."""
+    rng = random.Random(seed + 7919)
+    path = os.path.join(folder, f'{name}_pairs.jsonl')
+    with open(write_split(folder, name, count, seed), encoding='utf-8') as sft, \
+            open(path, 'w', encoding='utf-8') as pairs:
+        for line in sft:
+            record = json.loads(line)
+            question, answer = (turn['value'] for turn in record.pop('conversations'))
+            wrong = rng.choice([colour for colour in sorted(COLOURS) if colour != answer])
+            pairs.write(json.dumps({**record, 'question': question, 'chosen': answer, 'rejected': wrong}) + '\n')
+    return path

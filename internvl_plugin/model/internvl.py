@@ -11,7 +11,7 @@ from ..files import load_tokenizer, resolve_model_path
 from .checkpoint.load import build_network, img_context_token_id, load_checkpoint_weights, read_internvl_config
 from .checkpoint.parts import assemble_config_and_weights
 from .checkpoint.trained import apply_trained_state, load_trained_state
-from .lora import LLM_LORA_TARGETS, VISION_LORA_TARGETS, build_lora_config
+from .lora import LLM_LORA_TARGETS, VISION_LORA_TARGETS, build_lora_config, expert_parameters, lora_language_model
 from .modeling.internvl_chat import InternVLChatModel
 from .modeling.llm import llm_family
 from .modeling.segments import LOSS_REDUCTIONS
@@ -36,14 +36,17 @@ def _freeze(module: torch.nn.Module) -> None:
 
 
 class InternVL_V1_5(BaseModel):
-    """InternVL 1.5 / 2 / 2.5 for training with MMEngine / XTuner.
+    """InternVL 1.5 / 2 / 2.5 / 3 / 3.5 for training with MMEngine / XTuner.
 
     Loads an official checkpoint folder or hub id (`model_path`), or assembles a new model from a vision
     checkpoint and an LLM checkpoint (`vision_model_path` + `llm_path`, with a fresh `mlp1`), as the
     InternVL-Chat-V1-2 recipe does. `state_dict()` holds only what trains, so LoRA checkpoints stay small.
     `loss_reduction` weighs each supervised token 1 ('token'), 1/n ('sample') or 1/sqrt(n) ('square') for a sample
     of n supervised tokens, as InternVL 2.5's packed training does. `random_init` builds the network from
-    `model_path`'s config.json with random weights (a folder without weights: real-size benchmarks).
+    `model_path`'s config.json with random weights (a folder without weights: real-size benchmarks). An MoE LLM
+    (Qwen3-MoE, GPT-OSS) adds its router's load-balancing loss x `router_aux_loss_coef` (None: its config's; 0: off).
+    `expert_linears` holds a Qwen3-MoE's experts as nn.Linear layers on transformers 5 too (None: when quantising,
+    which needs them; otherwise transformers 5's 3-D experts run its faster grouped kernels).
     """
 
     def __init__(self, model_path: Optional[str] = None, freeze_llm: bool = False,
@@ -54,7 +57,9 @@ class InternVL_V1_5(BaseModel):
                  drop_path_rate: Optional[float] = None, vision_model_path: Optional[str] = None,
                  llm_path: Optional[str] = None, template: Optional[str] = None, ps_version: str = 'v2',
                  downsample_ratio: float = 0.5, select_layer: int = -1, loss_reduction: str = 'token',
-                 random_init: bool = False, trust_remote_code: bool = False, data_preprocessor: Optional[dict] = None,
+                 random_init: bool = False, trust_remote_code: bool = False,
+                 router_aux_loss_coef: Optional[float] = None, expert_linears: Optional[bool] = None,
+                 data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if loss_reduction not in LOSS_REDUCTIONS:
@@ -87,7 +92,9 @@ class InternVL_V1_5(BaseModel):
         self.model: InternVLChatModel = build_network(
             self.config, weights, img_context_token_id(self.tokenizer, source), source, dtype=self.dtype,
             attn_implementation=attn_implementation,
-            quantization_config=bnb_4bit_config() if quantization_llm else None, drop_path_rate=drop_path_rate)
+            quantization_config=bnb_4bit_config() if quantization_llm else None, drop_path_rate=drop_path_rate,
+            router_aux_loss_coef=router_aux_loss_coef,
+            expert_linears=quantization_llm if expert_linears is None else expert_linears)
         del weights
         self._grow_vocabulary()
         if quantization_vit:
@@ -104,8 +111,9 @@ class InternVL_V1_5(BaseModel):
                 gradient_checkpointing_kwargs={'use_reentrant': False})
             self.model.vision_model.encoder.gradient_checkpointing = True
         if llm_lora:
-            lora = build_lora_config(llm_lora, LLM_LORA_TARGETS[self.family], self.family)
-            self.model.language_model = get_peft_model(self.model.language_model, lora)
+            lora = build_lora_config(llm_lora, LLM_LORA_TARGETS[self.family], self.family,
+                                     expert_parameters(self.model.language_model))
+            self.model.language_model = lora_language_model(self.model.language_model, lora)
         if visual_encoder_lora:
             lora = build_lora_config(visual_encoder_lora, VISION_LORA_TARGETS)
             self.model.vision_model = get_peft_model(self.model.vision_model, lora)

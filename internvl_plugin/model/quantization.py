@@ -14,15 +14,20 @@ def bnb_4bit_config():
 
 def quantize_linears_4bit(module: nn.Module, keep: Collection[nn.Module] = ()) -> nn.Module:
     """Swaps every nn.Linear of `module` but those in `keep` for a bitsandbytes nf4 Linear4bit: the vision encoder,
-    or a random-initialised LLM (which from_config builds without quantising; its lm_head is kept, as transformers
-    keeps it when it quantises a checkpoint).
+    a random-initialised LLM (which from_config builds without quantising; its lm_head is kept, as transformers
+    keeps it when it quantises a checkpoint), or the expert layers made after transformers quantised the rest.
 
-    The weights are quantised when the module is next moved to a device (bitsandbytes' convention)."""
-    import bitsandbytes as bnb
+    The weights are quantised when the module is next moved to a device (bitsandbytes' convention). Meta weights
+    have no values to quantise (a memory estimate, internvl_plugin.memory): they become layers that hold and compute
+    what Linear4bit would."""
     for name, child in list(module.named_children()):
-        if any(child is kept for kept in keep):
-            continue
-        if isinstance(child, nn.Linear):
+        if any(child is kept for kept in keep) or hasattr(getattr(child, 'weight', None), 'quant_state'):
+            continue  # kept, or a bitsandbytes Linear4bit already (an nn.Linear whose weight has a quant_state)
+        if isinstance(child, nn.Linear) and child.weight.is_meta:
+            from ..memory.packed_4bit import Packed4bitLinear
+            setattr(module, name, Packed4bitLinear(child))
+        elif isinstance(child, nn.Linear):
+            import bitsandbytes as bnb
             quantized = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
                                           compute_dtype=torch.bfloat16, compress_statistics=True, quant_type='nf4',
                                           device='meta')

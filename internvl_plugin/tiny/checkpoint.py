@@ -14,7 +14,8 @@ from ..model.checkpoint.load import build_language_model, build_network, build_v
 from .tokenizer import build_tiny_tokenizer
 
 # Chat template each family's released InternVL models use (config.json `template`).
-FAMILY_TEMPLATES = {'qwen2': 'internvl2_5', 'qwen3': 'internvl2_5', 'internlm2': 'internlm2-chat', 'phi3': 'phi3-chat',
+FAMILY_TEMPLATES = {'qwen2': 'internvl2_5', 'qwen3': 'internvl2_5', 'qwen3_moe': 'internvl2_5',
+                    'gpt_oss': 'internvl3_5_gpt_oss', 'internlm2': 'internlm2-chat', 'phi3': 'phi3-chat',
                     'llama': 'Hermes-2'}
 VIT_STYLES = ('300m', '6b')
 
@@ -56,6 +57,28 @@ def tiny_llm_config(family: str, tokenizer: Any, hidden_size: int = 64, layers: 
         return {'architectures': ['Qwen3ForCausalLM'], 'model_type': 'qwen3', **common, 'head_dim': 32,
                 'rms_norm_eps': 1e-6, 'rope_theta': 1000000, 'rope_scaling': None, 'attention_bias': False,
                 'use_sliding_window': False, 'sliding_window': None, 'max_window_layers': layers,
+                'attention_dropout': 0.0}
+    if family == 'qwen3_moe':
+        # As Qwen3-30B-A3B (InternVL3_5-30B-A3B): every layer sparse, top-k of the experts, the router's weights
+        # renormalised; the aux-loss coefficient is the released one. The experts are as wide as the model: every
+        # 4-bit layer then has at least 64 inputs, which bitsandbytes' CPU inference kernels need (one block).
+        return {'architectures': ['Qwen3MoeForCausalLM'], 'model_type': 'qwen3_moe', **common, 'head_dim': 32,
+                'moe_intermediate_size': hidden_size, 'num_experts': 4, 'num_experts_per_tok': 2,
+                'norm_topk_prob': True, 'decoder_sparse_step': 1, 'mlp_only_layers': [],
+                'output_router_logits': False, 'router_aux_loss_coef': 0.001, 'rms_norm_eps': 1e-6,
+                'rope_theta': 1000000, 'rope_scaling': None, 'attention_bias': False, 'use_sliding_window': False,
+                'sliding_window': None, 'max_window_layers': layers, 'attention_dropout': 0.0}
+    if family == 'gpt_oss':
+        # As gpt-oss-20b (InternVL3_5-GPT-OSS-20B-A4B): sliding-window and full attention layers in turn (a window
+        # shorter than the tests' prompts, so both kinds do work), attention sinks, biased projections, YaRN rope.
+        return {'architectures': ['GptOssForCausalLM'], 'model_type': 'gpt_oss', **common, 'head_dim': 16,
+                'intermediate_size': hidden_size, 'num_local_experts': 4, 'num_experts_per_tok': 2,
+                'experts_per_token': 2, 'output_router_logits': False, 'router_aux_loss_coef': 0.9,
+                'layer_types': ['sliding_attention', 'full_attention'] * (layers // 2), 'sliding_window': 16,
+                'attention_bias': True, 'swiglu_limit': 7.0, 'rms_norm_eps': 1e-5, 'rope_theta': 150000,
+                'initial_context_length': 4096, 'max_position_embeddings': 131072,
+                'rope_scaling': {'rope_type': 'yarn', 'factor': 32.0, 'beta_fast': 32.0, 'beta_slow': 1.0,
+                                 'original_max_position_embeddings': 4096, 'truncate': False},
                 'attention_dropout': 0.0}
     if family == 'internlm2':
         return {'architectures': ['InternLM2ForCausalLM'], 'model_type': 'internlm2',

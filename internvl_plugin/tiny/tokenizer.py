@@ -1,5 +1,6 @@
 """Tiny tokenizers built offline, in each family's real form, with its chat tokens and InternVL's special tokens:
-byte-level BPE (tokenizer.json) for Qwen2 / Qwen3 / Phi3 / Llama, a SentencePiece tokenizer.model for InternLM2."""
+byte-level BPE (tokenizer.json) for Qwen2 / Qwen3 / GPT-OSS / Phi3 / Llama, a SentencePiece tokenizer.model for
+InternLM2."""
 import io
 from typing import Dict, List
 
@@ -19,6 +20,11 @@ FAMILY_TOKENS: Dict[str, Dict] = {
     'llama': {'special': ['<unk>', '<|startoftext|>', '<|endoftext|>', '<|im_start|>', '<|im_end|>'],
               'bos': '<|startoftext|>', 'eos': '<|endoftext|>', 'pad': '<unk>'},
 }
+FAMILY_TOKENS['qwen3_moe'] = FAMILY_TOKENS['qwen3']  # the same vocabulary
+# GPT-OSS's harmony tokens (o200k_harmony); no BOS is prepended, <|return|> ends an answer.
+FAMILY_TOKENS['gpt_oss'] = {'special': ['<|startoftext|>', '<|endoftext|>', '<|return|>', '<|constrain|>',
+                                        '<|channel|>', '<|start|>', '<|end|>', '<|message|>', '<|call|>'],
+                            'bos': None, 'eos': '<|return|>', 'pad': '<|endoftext|>'}
 
 _CORPUS = [
     'You are a helpful assistant. What is in the image? Describe the picture in detail.',

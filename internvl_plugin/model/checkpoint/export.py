@@ -309,7 +309,8 @@ def save_hf(network: InternVLChatModel, base_config: Dict[str, Any], tokenizer: 
     """transformers' native InternVL layout with its processor files: AutoModelForImageTextToText and AutoProcessor
     load it (transformers >= 4.52). `config_overrides` (the training tiling) decide how the processor tiles."""
     config = hf_config(base_config, network, dtype)
-    weights = network_to_hf({k: v.to(dtype) for k, v in network.state_dict().items()})
+    weights = network_to_hf({k: v.to(dtype) for k, v in network.state_dict().items()},
+                            llm_family(base_config['llm_config']))
     with atomic_output_dir(save_dir, overwrite, {'the base model folder': base_dir, **(protected or {})}) as tmp:
         write_safetensors(weights, tmp, max_shard_bytes)
         write_json(os.path.join(tmp, 'config.json'), config)

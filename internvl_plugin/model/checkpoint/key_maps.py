@@ -29,6 +29,15 @@ INTERNLM2_WQKV = 'model.layers.{}.attention.wqkv.weight'
 LLAMA_QKV = ('model.layers.{}.self_attn.q_proj.weight', 'model.layers.{}.self_attn.k_proj.weight',
              'model.layers.{}.self_attn.v_proj.weight')
 
+# Qwen3-MoE's experts: transformers 5 holds each layer's as two 3-D tensors (gate and up stacked per expert), while
+# checkpoints (official and native, saved by transformers 4) hold one MLP per expert; `_per_expert` splits them
+# for export, transformers joins them again on loading. GPT-OSS checkpoints hold the 3-D tensors themselves.
+QWEN3_MOE_FUSED_EXPERTS = {
+    'model.layers.{}.mlp.experts.gate_up_proj': ('model.layers.{}.mlp.experts.{}.gate_proj.weight',
+                                                 'model.layers.{}.mlp.experts.{}.up_proj.weight'),
+    'model.layers.{}.mlp.experts.down_proj': ('model.layers.{}.mlp.experts.{}.down_proj.weight',),
+}
+
 # Official -> transformers-native InternVL (`model_type: internvl`, transformers >= 4.52), vision and projector.
 # The vision `attn.qkv` is split into q/k/v_proj by `_split_vision_qkv`.
 OFFICIAL_TO_HF_VISION = {
@@ -152,6 +161,22 @@ def llama_to_internlm2(state_dict: StateDict, num_heads: int, num_kv_heads: int)
     return out
 
 
+def _per_expert(state_dict: StateDict) -> StateDict:
+    """A causal-LM state dict with 3-D Qwen3-MoE expert tensors in one projection per expert (keys already per
+    expert pass unchanged)."""
+    out = {}
+    for key, tensor in state_dict.items():
+        fused = next((pattern for pattern in QWEN3_MOE_FUSED_EXPERTS if _layer_index(key, pattern)), None)
+        if fused is None:
+            out[key] = tensor
+            continue
+        layer, names = _layer_index(key, fused), QWEN3_MOE_FUSED_EXPERTS[fused]
+        for expert, weights in enumerate(tensor):
+            for name, part in zip(names, weights.chunk(len(names), dim=0)):
+                out[name.format(layer, expert)] = part.clone()
+    return out
+
+
 def _map_language(state_dict: StateDict, convert: Callable[[StateDict], StateDict]) -> StateDict:
     """Applies `convert` to the `language_model.` part of a whole-model state dict."""
     prefix = 'language_model.'
@@ -170,13 +195,17 @@ def official_to_network(state_dict: StateDict, family: str, num_heads: int, num_
 
 def network_to_official(state_dict: StateDict, family: str, num_heads: int, num_kv_heads: int) -> StateDict:
     """This plugin's network keys -> official InternVL keys."""
+    if family == 'qwen3_moe':
+        return _map_language(state_dict, _per_expert)
     if family != 'internlm2':
         return dict(state_dict)
     return _map_language(state_dict, lambda sd: llama_to_internlm2(sd, num_heads, num_kv_heads))
 
 
-def network_to_hf(state_dict: StateDict) -> StateDict:
+def network_to_hf(state_dict: StateDict, family: str) -> StateDict:
     """This plugin's network keys -> transformers-native InternVL keys (`model_type: internvl`)."""
+    if family == 'qwen3_moe':
+        state_dict = _map_language(state_dict, _per_expert)
     out = {}
     for key, tensor in state_dict.items():
         layer = _layer_index(key, VISION_QKV_WEIGHT.format('{}', 'weight')) or \

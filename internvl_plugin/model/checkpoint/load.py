@@ -9,7 +9,8 @@ from ...checkpoint_layout import NATIVE, read_checkpoint_config
 from ...files import read_json
 from ..modeling.intern_vit import InternVisionConfig, InternVisionModel
 from ..modeling.internvl_chat import InternVLChatModel, build_mlp1
-from ..modeling.llm import build_llm_config, dtype_kwargs, llm_family
+from ..modeling.llm import attention_implementation, build_llm_config, dtype_kwargs, llm_family
+from ..modeling.moe import ExpertLinears, RouterAuxLoss, split_fused_experts
 from ..quantization import quantize_linears_4bit
 from .key_maps import StateDict, hf_to_network, official_to_network
 
@@ -113,23 +114,34 @@ def build_vision_model(vision_config: Dict[str, Any], weights: Optional[StateDic
 
 
 def build_language_model(llm_config: Dict[str, Any], weights: Optional[StateDict], dtype: torch.dtype,
-                         source: str, attn_implementation: str = 'sdpa', quantization_config: Any = None) -> nn.Module:
-    """A transformers causal LM from the official `llm_config`; `weights` in network (Llama-for-InternLM2) names."""
+                         source: str, attn_implementation: str = 'sdpa', quantization_config: Any = None,
+                         expert_linears: bool = False) -> nn.Module:
+    """A transformers causal LM from the official `llm_config`; `weights` in network (Llama-for-InternLM2) names.
+    `expert_linears`: a Qwen3-MoE's experts as nn.Linear layers (see ExpertLinears), which quantisation needs."""
     import transformers
     from transformers import AutoModelForCausalLM
+    family = llm_family(llm_config)
     config = build_llm_config(llm_config, source=f'{source}: llm_config')
+    attn_implementation = attention_implementation(family, attn_implementation)
     if weights is None:
         model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, **dtype_kwargs(dtype))
-        if quantization_config is not None:
-            quantize_linears_4bit(model, keep=[model.get_output_embeddings()])
-            model.is_loaded_in_4bit = True  # as transformers marks a quantised checkpoint, which peft reads
-        return model
-    # The concrete class: the Auto class insists on a path when given no name.
-    model_class = getattr(transformers, config.architectures[0])
-    model, info = model_class.from_pretrained(
-        None, config=config, state_dict=weights, attn_implementation=attn_implementation, **dtype_kwargs(dtype),
-        quantization_config=quantization_config, output_loading_info=True)
-    raise_on_mismatch(source, sorted(info['missing_keys']), sorted(info['unexpected_keys']))
+    else:
+        # The concrete class: the Auto class insists on a path when given no name.
+        model_class = getattr(transformers, config.architectures[0])
+        model, info = model_class.from_pretrained(
+            None, config=config, state_dict=weights, attn_implementation=attn_implementation, **dtype_kwargs(dtype),
+            quantization_config=quantization_config, output_loading_info=True)
+        raise_on_mismatch(source, sorted(info['missing_keys']), sorted(info['unexpected_keys']))
+    split = split_fused_experts(model) if expert_linears and family == 'qwen3_moe' else 0
+    if quantization_config is not None and (weights is None or split):
+        # transformers quantised the checkpoint's nn.Linear layers, not those made here; the output layer stays.
+        quantize_linears_4bit(model, keep=[model.get_output_embeddings()])
+        model.is_loaded_in_4bit = True  # as transformers marks a quantised checkpoint, which peft reads
+        if split:  # quantised now, as transformers quantised the rest (bitsandbytes does it when a weight moves)
+            device = model.get_input_embeddings().weight.device
+            for module in model.modules():
+                if isinstance(module, ExpertLinears):
+                    module.to(device)
     return model
 
 
@@ -148,8 +160,11 @@ def img_context_token_id(tokenizer: Any, source: str) -> int:
 
 def build_network(config: Dict[str, Any], weights: Optional[StateDict], img_context_id: int, source: str,
                   dtype: torch.dtype = torch.bfloat16, attn_implementation: str = 'sdpa',
-                  quantization_config: Any = None, drop_path_rate: Optional[float] = None) -> InternVLChatModel:
-    """The network from an official config dict and official-named weights (None: random initialisation)."""
+                  quantization_config: Any = None, drop_path_rate: Optional[float] = None,
+                  router_aux_loss_coef: Optional[float] = None, expert_linears: bool = False) -> InternVLChatModel:
+    """The network from an official config dict and official-named weights (None: random initialisation). An MoE
+    LLM's training loss adds its router's load-balancing loss, weighed by `router_aux_loss_coef` (None: the
+    coefficient of its config)."""
     family = llm_family(config['llm_config'])
     network_weights = None
     if weights is not None:
@@ -161,7 +176,7 @@ def build_network(config: Dict[str, Any], weights: Optional[StateDict], img_cont
     part = (lambda prefix: None) if network_weights is None else (lambda prefix: split_weights(network_weights, prefix))
     vision = build_vision_model(config['vision_config'], part('vision_model.'), dtype, source, drop_path_rate)
     language = build_language_model(config['llm_config'], part('language_model.'), dtype, source,
-                                    attn_implementation, quantization_config)
+                                    attn_implementation, quantization_config, expert_linears)
     ratio = config.get('downsample_ratio', 0.5)
     mlp1 = build_mlp1(vision.config.hidden_size, language.config.hidden_size, ratio)
     if network_weights is None:
@@ -169,4 +184,5 @@ def build_network(config: Dict[str, Any], weights: Optional[StateDict], img_cont
     else:
         mlp1 = _load_module(mlp1, part('mlp1.'), source, dtype)
     return InternVLChatModel(vision, mlp1, language, img_context_id, select_layer=config.get('select_layer', -1),
-                             downsample_ratio=ratio, ps_version=config.get('ps_version', 'v2'))
+                             downsample_ratio=ratio, ps_version=config.get('ps_version', 'v2'),
+                             router_aux_loss=RouterAuxLoss.for_llm(family, language.config, router_aux_loss_coef))

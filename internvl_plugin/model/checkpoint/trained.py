@@ -117,6 +117,11 @@ def apply_trained_state(model: nn.Module, trained: StateDict, source: str) -> No
     """Loads `trained` into `model`, whose `state_dict()` lists exactly the keys that train. Any missing or
     unexpected key, or a shape that differs, is an error: a checkpoint from another config is never half-loaded."""
     expected: Dict[str, torch.Tensor] = model.state_dict()
+    lora_trained, lora_expected = (any('lora_' in key for key in keys) for keys in (trained, expected))
+    if lora_trained != lora_expected:
+        held, built = ('LoRA adapters', 'trains without LoRA') if lora_trained else ('full weights', 'trains LoRA')
+        raise ValueError(f'{source}: the checkpoint holds {held}, but the config {built}: a LoRA run and a full '
+                         "fine-tune were mixed up; give the config the run was trained with (the work dir's copy)")
     check_keys(source, expected, trained, missing_label='missing trained keys')
     for key, tensor in trained.items():
         if tuple(tensor.shape) != tuple(expected[key].shape):

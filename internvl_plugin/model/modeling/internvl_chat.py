@@ -3,13 +3,14 @@
 Attribute names (`vision_model`, `mlp1`, `language_model`) are the official ones, so for Qwen2, Llama and
 Phi3 the official state-dict keys are this module's keys; InternLM2 goes through the key map.
 """
-from typing import Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .intern_vit import InternVisionModel
-from .segments import block_causal_mask, causal_lm_loss, install_segment_sdpa, is_packed, per_sample_mask_marker
+from .moe import RouterAuxLoss
+from .segments import block_causal_masks, causal_lm_loss, install_segment_sdpa, is_packed, per_sample_mask_marker
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,7 +44,7 @@ class InternVLChatModel(nn.Module):
 
     def __init__(self, vision_model: InternVisionModel, mlp1: nn.Sequential, language_model: nn.Module,
                  img_context_token_id: int, select_layer: int = -1, downsample_ratio: float = 0.5,
-                 ps_version: str = 'v2'):
+                 ps_version: str = 'v2', router_aux_loss: Optional[RouterAuxLoss] = None):
         super().__init__()
         self.vision_model = vision_model
         self.mlp1 = mlp1
@@ -52,6 +53,7 @@ class InternVLChatModel(nn.Module):
         self.select_layer = select_layer
         self.downsample_ratio = downsample_ratio
         self.ps_version = ps_version
+        self.router_aux_loss = router_aux_loss
         self.register_buffer('pixel_mean', torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer('pixel_std', torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         install_segment_sdpa()
@@ -77,8 +79,10 @@ class InternVLChatModel(nn.Module):
         return self.mlp1(hidden)
 
     def embed(self, input_ids: torch.Tensor, pixel_values: Optional[torch.Tensor] = None,
-              image_flags: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Token embeddings with each real tile's visual tokens written into the <IMG_CONTEXT> positions."""
+              image_flags: Optional[torch.Tensor] = None, tile_order: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Token embeddings with each real tile's visual tokens written into the <IMG_CONTEXT> positions, the real
+        tiles taken in order, or in `tile_order` (indices into them: a tile encoded once can fill several spans, as
+        a preference pair's two answers share their prompt's images)."""
         embeds = self.language_model.get_input_embeddings()(input_ids)
         context = input_ids == self.img_context_token_id
         n_context = int(context.sum())
@@ -93,6 +97,8 @@ class InternVLChatModel(nn.Module):
             # Dummy tiles (flag 0, text-only samples) still touch the graph so every rank has gradients for mlp1.
             anchor = features[~real].sum() * 0.0
             features = features[real]
+        if tile_order is not None:
+            features = features[tile_order.to(features.device)]
         features = features.reshape(-1, features.shape[-1])
         if features.shape[0] != n_context:
             raise ValueError(
@@ -101,34 +107,62 @@ class InternVLChatModel(nn.Module):
         embeds = embeds.masked_scatter(context.unsqueeze(-1), features.to(embeds.dtype))
         return embeds + anchor
 
-    def forward(self, input_ids: torch.Tensor, pixel_values: Optional[torch.Tensor] = None,
-                image_flags: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
-                position_ids: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
-                segment_ids: Optional[torch.Tensor] = None, loss_reduction: str = 'token'):
-        """(logits, None) without labels; (None, loss) with them, the loss weighing labels != -100 per
-        `loss_reduction` (logits then exist only where a label is supervised, see causal_lm_loss).
-
-        Packed rows (several samples, `segment_ids` > 1) attend within each sample. For flash attention 2 and
-        SDPA the rows go in as one row with restarting `position_ids` (variable-length flash attention, or one
-        SDPA per sample, see segments.py); eager attention gets a block-diagonal causal mask."""
-        embeds = self.embed(input_ids, pixel_values, image_flags)
-        shape = input_ids.shape
+    def _llm_inputs(self, input_ids: torch.Tensor, pixel_values: Optional[torch.Tensor],
+                    image_flags: Optional[torch.Tensor], attention_mask: Optional[torch.Tensor],
+                    position_ids: Optional[torch.Tensor], segment_ids: Optional[torch.Tensor],
+                    tile_order: Optional[torch.Tensor]) -> Dict[str, Any]:
+        embeds = self.embed(input_ids, pixel_values, image_flags, tile_order)
         if is_packed(segment_ids):
             attn = self.language_model.config._attn_implementation
             if attn == 'eager':
-                attention_mask = block_causal_mask(segment_ids.to(embeds.device), embeds.dtype)
+                attention_mask = block_causal_masks(segment_ids.to(embeds.device), embeds.dtype,
+                                                    self.language_model.config)
             else:
                 if position_ids is None:
                     raise ValueError('packed rows need position_ids that restart at each sample')
                 embeds = embeds.reshape(1, -1, embeds.shape[-1])
                 position_ids = position_ids.reshape(1, -1)
                 attention_mask = per_sample_mask_marker(embeds.device, embeds.dtype) if attn == 'sdpa' else None
-        inputs = dict(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        return dict(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+
+    def hidden_states(self, input_ids: torch.Tensor, pixel_values: Optional[torch.Tensor] = None,
+                      image_flags: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
+                      position_ids: Optional[torch.Tensor] = None, segment_ids: Optional[torch.Tensor] = None,
+                      tile_order: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The LLM's last hidden states (B, L, H), and an MoE LLM's router load-balancing loss over the real tokens
+        (None without a router). Packed rows as in `forward`."""
+        inputs = self._llm_inputs(input_ids, pixel_values, image_flags, attention_mask, position_ids, segment_ids,
+                                  tile_order)
+        if self.router_aux_loss is not None:
+            inputs['output_router_logits'] = True
+        outputs = self.language_model.get_decoder()(**inputs)
+        hidden = outputs.last_hidden_state.reshape(*input_ids.shape, -1)
+        if self.router_aux_loss is None:
+            return hidden, None
+        real_tokens = segment_ids > 0 if segment_ids is not None else attention_mask
+        return hidden, self.router_aux_loss(outputs.router_logits, real_tokens)
+
+    def forward(self, input_ids: torch.Tensor, pixel_values: Optional[torch.Tensor] = None,
+                image_flags: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
+                position_ids: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
+                segment_ids: Optional[torch.Tensor] = None, loss_reduction: str = 'token'):
+        """(logits, None) without labels; (None, loss) with them, the loss weighing labels != -100 per
+        `loss_reduction` (logits then exist only where a label is supervised, see causal_lm_loss), plus the router's
+        load-balancing loss of an MoE LLM (`router_aux_loss`) over the real tokens.
+
+        Packed rows (several samples, `segment_ids` > 1) attend within each sample. For flash attention 2 and
+        SDPA the rows go in as one row with restarting `position_ids` (variable-length flash attention, or one
+        SDPA per sample, see segments.py); eager attention gets a block-diagonal causal mask."""
         if labels is None:
-            return self.language_model(**inputs).logits.reshape(*shape, -1), None
-        hidden = self.language_model.get_decoder()(**inputs).last_hidden_state.reshape(*shape, -1)
-        return None, causal_lm_loss(hidden, self.language_model.get_output_embeddings(), labels, segment_ids,
-                                    loss_reduction)
+            inputs = self._llm_inputs(input_ids, pixel_values, image_flags, attention_mask, position_ids,
+                                      segment_ids, None)
+            return self.language_model(**inputs).logits.reshape(*input_ids.shape, -1), None
+        hidden, router_loss = self.hidden_states(input_ids, pixel_values, image_flags, attention_mask, position_ids,
+                                                 segment_ids)
+        loss = causal_lm_loss(hidden, self.language_model.get_output_embeddings(), labels, segment_ids, loss_reduction)
+        if router_loss is not None:
+            loss = loss + router_loss
+        return None, loss
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, pixel_values: Optional[torch.Tensor] = None,

@@ -14,13 +14,19 @@ from transformers import LlamaConfig, PretrainedConfig
 LLM_FAMILIES = {
     'Qwen2ForCausalLM': 'qwen2',
     'Qwen3ForCausalLM': 'qwen3',
+    'Qwen3MoeForCausalLM': 'qwen3_moe',
+    'GptOssForCausalLM': 'gpt_oss',
     'InternLM2ForCausalLM': 'internlm2',
     'Phi3ForCausalLM': 'phi3',
     'LlamaForCausalLM': 'llama',
 }
 # Per family: the transformers config class that builds it and the first transformers release that has it.
 _FAMILY_CONFIGS = {'qwen2': ('Qwen2Config', '4.37.0'), 'qwen3': ('Qwen3Config', '4.51.0'),
+                   'qwen3_moe': ('Qwen3MoeConfig', '4.51.0'), 'gpt_oss': ('GptOssConfig', '4.55.0'),
                    'phi3': ('Phi3Config', '4.40.0'), 'llama': ('LlamaConfig', '4.28.0')}
+
+# Families transformers runs without SDPA (GPT-OSS's attention sinks): 'sdpa' means eager attention for them.
+_NO_SDPA_FAMILIES = {'gpt_oss'}
 
 # InternLM2 config field -> Llama config field, where the names differ.
 _INTERNLM2_TO_LLAMA_FIELDS = {'bias': 'attention_bias'}
@@ -29,7 +35,8 @@ _INTERNLM2_ONLY_FIELDS = {'architectures', 'auto_map', 'model_type', 'attn_imple
 
 
 def llm_family(llm_config: Dict[str, Any], source: str = 'llm_config') -> str:
-    """The family name ('qwen2', 'qwen3', 'internlm2', 'phi3', 'llama') of an `llm_config` dict."""
+    """The family name ('qwen2', 'qwen3', 'qwen3_moe', 'gpt_oss', 'internlm2', 'phi3', 'llama') of an
+    `llm_config` dict."""
     archs = llm_config.get('architectures') or []
     for arch in archs:
         if arch in LLM_FAMILIES:
@@ -76,6 +83,12 @@ def family_config_class(family: str, architecture: str, source: str) -> Type[Pre
         raise ValueError(f'{source}: {architecture} needs transformers >= {first_release} (installed: '
                          f'{transformers.__version__}); install a newer world (README, "Install")')
     return config_class
+
+
+def attention_implementation(family: str, requested: str) -> str:
+    """The attention transformers builds the family with: `requested`, or eager where 'sdpa' is asked of a family
+    that has none (every config asks for 'sdpa')."""
+    return 'eager' if requested == 'sdpa' and family in _NO_SDPA_FAMILIES else requested
 
 
 def dtype_kwargs(dtype: torch.dtype) -> Dict[str, torch.dtype]:

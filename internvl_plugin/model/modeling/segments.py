@@ -7,7 +7,7 @@ Flash attention 2 then runs variable-length; for SDPA, `segment_sdpa` (installed
 one causal SDPA per sample, so a pack costs the sum of its samples' squared lengths instead of its own squared
 length and no (L, L) mask is built. Without restarts it is transformers' own SDPA, unchanged.
 """
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -82,15 +82,29 @@ def install_segment_sdpa() -> None:
         ALL_ATTENTION_FUNCTIONS['sdpa'] = segment_sdpa(current)
 
 
-def block_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, 1, L, L) additive mask for eager attention: a token sees the earlier tokens of its own sample.
-    Padding sees itself only, so no row of the softmax is empty."""
+def block_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype, window: Optional[int] = None) -> torch.Tensor:
+    """(B, 1, L, L) additive mask for eager attention: a token sees the earlier tokens of its own sample (the last
+    `window` of them, itself included, for a sliding-window layer). Padding sees itself only, so no row of the
+    softmax is empty."""
     length = segment_ids.shape[1]
     same = segment_ids[:, :, None] == segment_ids[:, None, :]
     causal = torch.ones(length, length, dtype=torch.bool, device=segment_ids.device).tril()
+    if window is not None:
+        causal = causal & ~torch.ones_like(causal).tril(-window)
     allowed = (same & causal) | torch.eye(length, dtype=torch.bool, device=segment_ids.device)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
     return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def block_causal_masks(segment_ids: torch.Tensor, dtype: torch.dtype,
+                       llm_config: Any) -> Union[torch.Tensor, Dict[str, torch.Tensor]]:
+    """The eager mask of packed rows; for an LLM with sliding-window layers (GPT-OSS) one per kind of layer, keyed
+    as transformers takes them, since a single mask given would replace the window too."""
+    full = block_causal_mask(segment_ids, dtype)
+    if 'sliding_attention' not in (getattr(llm_config, 'layer_types', None) or []):
+        return full
+    return {'full_attention': full,
+            'sliding_attention': block_causal_mask(segment_ids, dtype, llm_config.sliding_window)}
 
 
 def token_weights(labels: torch.Tensor, segment_ids: Optional[torch.Tensor], reduction: str) -> torch.Tensor:
@@ -110,9 +124,17 @@ def token_weights(labels: torch.Tensor, segment_ids: Optional[torch.Tensor], red
     return per_token * supervised
 
 
-def _weighted_cross_entropy(output_layer: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
-                            weights: torch.Tensor) -> torch.Tensor:
-    return (F.cross_entropy(output_layer(hidden).float(), targets, reduction='none') * weights).sum()
+def _cross_entropy(output_layer: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(output_layer(hidden).float(), targets, reduction='none')
+
+
+def token_cross_entropy(output_layer: nn.Module, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy (fp32) of each hidden row against its target. Beyond LOSS_CHUNK_ROWS rows the logits are made a
+    chunk at a time and again in backward, so long answers hold one chunk's logits, not all of them."""
+    if rows.shape[0] <= LOSS_CHUNK_ROWS:
+        return _cross_entropy(output_layer, rows, targets)
+    return torch.cat([checkpoint(_cross_entropy, output_layer, chunk_rows, chunk_targets, use_reentrant=False)
+                      for chunk_rows, chunk_targets in zip(rows.split(LOSS_CHUNK_ROWS), targets.split(LOSS_CHUNK_ROWS))])
 
 
 def causal_lm_loss(hidden: torch.Tensor, output_layer: nn.Module, labels: torch.Tensor,
@@ -121,16 +143,10 @@ def causal_lm_loss(hidden: torch.Tensor, output_layer: nn.Module, labels: torch.
     of per-sample means for 'sample'. A batch without supervised tokens gives 0 (with a graph), not NaN.
 
     Logits are made only where a label is supervised: image and prompt tokens (most of a multimodal sample) need
-    none, and a 16k-token pack's fp32 logits over a 150k vocabulary take about 10 GB. Beyond LOSS_CHUNK_ROWS
-    supervised tokens they are made a chunk at a time and again in backward, so a batch of long answers holds one
-    chunk's logits, not all of them."""
+    none, and a 16k-token pack's fp32 logits over a 150k vocabulary take about 10 GB (see token_cross_entropy)."""
     shift_labels = labels[:, 1:].to(hidden.device)
     weights = token_weights(shift_labels, None if segment_ids is None else segment_ids[:, 1:], reduction)
     supervised = shift_labels != IGNORE_INDEX
     rows, targets, row_weights = hidden[:, :-1][supervised], shift_labels[supervised], weights[supervised]
-    if rows.shape[0] <= LOSS_CHUNK_ROWS:
-        total = _weighted_cross_entropy(output_layer, rows, targets, row_weights)
-    else:
-        chunks = zip(rows.split(LOSS_CHUNK_ROWS), targets.split(LOSS_CHUNK_ROWS), row_weights.split(LOSS_CHUNK_ROWS))
-        total = sum(checkpoint(_weighted_cross_entropy, output_layer, *chunk, use_reentrant=False) for chunk in chunks)
+    total = (token_cross_entropy(output_layer, rows, targets) * row_weights).sum()
     return total / weights.sum().clamp(min=1)

@@ -1,10 +1,11 @@
 # What every InternVL fine-tune config shares: the official schedule (1 epoch, 3 % linear warmup, then cosine to 0),
 # checkpointing and the MMEngine runtime. A config imports it first and may override any of it afterwards, e.g.
 # `default_hooks.checkpoint.interval = 1000`.
-from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
+from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, ParamSchedulerHook
+from mmengine.visualization import LocalVisBackend, Visualizer
 from xtuner.engine.runner import TrainLoop
 
-from internvl_plugin import CosineLR, WarmupLR
+from internvl_plugin import CosineLR, ProgressLoggerHook, WarmupLR
 
 #######################################################################
 #                          Schedule                                   #
@@ -27,7 +28,7 @@ train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
 #######################################################################
 default_hooks = dict(
     timer=dict(type=IterTimerHook),
-    logger=dict(type=LoggerHook, log_metric_by_epoch=False, interval=10),
+    logger=dict(type=ProgressLoggerHook, log_metric_by_epoch=False, interval=10),  # every iteration of short runs
     param_scheduler=dict(type=ParamSchedulerHook),
     checkpoint=dict(type=CheckpointHook, by_epoch=False, interval=save_steps, max_keep_ckpts=save_total_limit,
                     save_optimizer=True, save_param_scheduler=True),
@@ -38,7 +39,9 @@ env_cfg = dict(
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
     dist_cfg=dict(backend='nccl'),
 )
-visualizer = None
+# loss, lr and grad_norm of each logged iteration -> WORK_DIR/<timestamp>/vis_data/scalars.json, drawn by
+# tools/plot_curves.py; for TensorBoard add dict(type=TensorboardVisBackend) (needs `pip install tensorboard`).
+visualizer = dict(type=Visualizer, vis_backends=[dict(type=LocalVisBackend)])
 log_level = 'INFO'
 load_from = None
 resume = False

@@ -1,0 +1,78 @@
+# InternVL3-9B (InternViT-300M-448px-V2_5 + InternLM3-8B, shipped as an InternLM2 model):
+# full fine-tune of the MLP projector and the LLM, ViT frozen (the official InternVL3 second stage).
+# Official recipe: 8 GPUs x 4 samples x 4 accumulation steps = global batch 128, DeepSpeed ZeRO-1:
+#   NPROC_PER_NODE=8 xtuner train configs/v3/internvl_v3_internlm3_8b_finetune.py \
+#     --deepspeed deepspeed_zero1
+# With fewer GPUs raise accumulative_counts, so that the global batch (and so the lr) stays as it is.
+# Will the default batch fit on 80 GB (tools/estimate_memory.py, worst case)?
+#   No: about 83 GiB per GPU with ZeRO-1; batch_size = 2 with
+#   accumulative_counts = 8 (the same global batch) fits.
+from mmengine.config import read_base
+from mmengine.optim import OptimWrapper
+from xtuner.dataset.samplers import LengthGroupedSampler
+
+from internvl_plugin import InternVL_V1_5, InternVL_V1_5_Dataset, InternVLAdamW, internvl_collate_fn
+
+with read_base():
+    from internvl_plugin.config_base.schedule_runtime import *  # noqa: F401,F403
+
+#######################################################################
+#                          PART 1  Settings                           #
+#######################################################################
+# Model
+path = 'OpenGVLab/InternVL3-9B'    # a local folder or a hub id
+template = None                    # None: the checkpoint's own (internvl2_5)
+
+# Data: an InternVL meta JSON (README, "Data"); or data_paths=[...] + image_folders=[...] in the dataset below
+meta_path = 'data/meta.json'
+max_length = 16384
+max_dynamic_patch = 12
+
+# Optimisation
+batch_size = 4                     # per GPU
+accumulative_counts = 4            # 8 GPUs x 4 x 4 = 128
+dataloader_num_workers = 4
+lr = 2e-5
+vit_lr = mlp_lr = llm_lr = None    # a part's own learning rate (None: lr); set freeze_* below to train it
+weight_decay = 0.05                # not on biases and norm weights, as the official Trainer
+max_norm = 1.0
+drop_path_rate = 0.0               # ViT stochastic depth in training (frozen or not, as official)
+
+#######################################################################
+#                          PART 2  Model                              #
+#######################################################################
+model = dict(
+    type=InternVL_V1_5,
+    model_path=path,
+    freeze_visual_encoder=True,
+    freeze_mlp=False,
+    freeze_llm=False,
+    drop_path_rate=drop_path_rate,
+    use_activation_checkpointing=True,
+    torch_dtype='bfloat16',
+)
+
+#######################################################################
+#                          PART 3  Data                               #
+#######################################################################
+train_dataloader = dict(
+    batch_size=batch_size,
+    num_workers=dataloader_num_workers,
+    dataset=dict(type=InternVL_V1_5_Dataset, model_path=path, template=template, meta_path=meta_path,
+                 max_length=max_length, max_dynamic_patch=max_dynamic_patch,
+                 length_workers=dataloader_num_workers),
+    sampler=dict(type=LengthGroupedSampler, length_property='modality_length',
+                 per_device_batch_size=batch_size * accumulative_counts),
+    collate_fn=dict(type=internvl_collate_fn),
+)
+
+#######################################################################
+#                          PART 4  Optimizer                          #
+#######################################################################
+optim_wrapper = dict(
+    type=OptimWrapper,
+    optimizer=dict(type=InternVLAdamW, lr=lr, vit_lr=vit_lr, mlp_lr=mlp_lr, llm_lr=llm_lr, betas=(0.9, 0.999),
+                   weight_decay=weight_decay),
+    clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
+    accumulative_counts=accumulative_counts,
+)

@@ -1,0 +1,86 @@
+# InternVL3_5-GPT-OSS-20B-A4B (InternViT-300M-448px-V2_5 + gpt-oss-20b, 32 experts, 4 active):
+# full fine-tune of ViT, MLP projector and LLM, packed (the official InternVL3.5 SFT recipe,
+# which starts from the -Pretrained checkpoint; any InternVL3.5 checkpoint loads here).
+# The loss adds the router's load-balancing loss x the config's router_aux_loss_coef (the model's
+# router_aux_loss_coef=... overrides it, 0 turns it off).
+# Official recipe: 8 GPUs x 1 pack x 64 accumulation steps = global batch 512, DeepSpeed ZeRO-3:
+#   NPROC_PER_NODE=8 xtuner train configs/v3_5/internvl_v3_5_gpt_oss_20b_finetune.py \
+#     --deepspeed deepspeed_zero3
+# With fewer GPUs raise accumulative_counts, so that the global batch (and so the lr) stays as it is.
+# Will the default batch fit on 80 GB (tools/estimate_memory.py, worst case)?
+#   No: GPT-OSS has no SDPA attention, and eager attention builds a layer's length x length scores
+#   (per head, even with activation checkpointing): about 441 GiB per GPU; a pack of 3072 tokens fits. On GPUs, set
+#   attn_implementation='kernels-community/vllm-flash-attn3' in the model dict (flash attention
+#   with GPT-OSS's sinks; transformers >= 4.55 with the `kernels` package fetches it; not measured here).
+from mmengine.config import read_base
+from mmengine.dataset import DefaultSampler
+from mmengine.optim import OptimWrapper
+
+from internvl_plugin import InternVL_V1_5, InternVL_V1_5_Dataset, InternVLAdamW, PackedDataset, internvl_collate_fn
+
+with read_base():
+    from internvl_plugin.config_base.schedule_runtime import *  # noqa: F401,F403
+
+#######################################################################
+#                          PART 1  Settings                           #
+#######################################################################
+# Model
+path = 'OpenGVLab/InternVL3_5-GPT-OSS-20B-A4B-Preview' # a local folder or a hub id
+template = None                    # None: the checkpoint's own (internvl3_5_gpt_oss)
+
+# Data: an InternVL meta JSON (README, "Data"); or data_paths=[...] + image_folders=[...] in the dataset below
+meta_path = 'data/meta.json'
+max_length = 32768
+max_dynamic_patch = 12
+max_packed_tokens = 32768          # a pack: at most this many tokens ...
+max_packed_tiles = 96              # ... and this many tiles (the official num_images_expected)
+
+# Optimisation
+batch_size = 1                     # packs per GPU
+accumulative_counts = 64           # 8 GPUs x 1 x 64 = 512
+dataloader_num_workers = 4
+lr = 8e-5
+vit_lr = mlp_lr = llm_lr = None    # a part's own learning rate (None: lr); set freeze_* below to train it
+weight_decay = 0.05                # not on biases and norm weights, as the official Trainer
+max_norm = 1.0
+drop_path_rate = 0.1               # ViT stochastic depth in training (frozen or not, as official)
+
+#######################################################################
+#                          PART 2  Model                              #
+#######################################################################
+model = dict(
+    type=InternVL_V1_5,
+    model_path=path,
+    freeze_visual_encoder=False,
+    freeze_mlp=False,
+    freeze_llm=False,
+    drop_path_rate=drop_path_rate,
+    loss_reduction='square',           # each sample weighs 1/sqrt(its supervised tokens), as official
+    use_activation_checkpointing=True,
+    torch_dtype='bfloat16',
+)
+
+#######################################################################
+#                          PART 3  Data                               #
+#######################################################################
+train_dataloader = dict(
+    batch_size=batch_size,
+    num_workers=dataloader_num_workers,
+    dataset=dict(type=PackedDataset, max_packed_tokens=max_packed_tokens, max_packed_tiles=max_packed_tiles,
+                 dataset=dict(type=InternVL_V1_5_Dataset, model_path=path, template=template,
+                              meta_path=meta_path, max_length=max_length,
+                              max_dynamic_patch=max_dynamic_patch, length_workers=dataloader_num_workers)),
+    sampler=dict(type=DefaultSampler, shuffle=True),  # packs in random order (official: no length groups)
+    collate_fn=dict(type=internvl_collate_fn),
+)
+
+#######################################################################
+#                          PART 4  Optimizer                          #
+#######################################################################
+optim_wrapper = dict(
+    type=OptimWrapper,
+    optimizer=dict(type=InternVLAdamW, lr=lr, vit_lr=vit_lr, mlp_lr=mlp_lr, llm_lr=llm_lr, betas=(0.9, 0.999),
+                   weight_decay=weight_decay),
+    clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
+    accumulative_counts=accumulative_counts,
+)

@@ -1,0 +1,147 @@
+"""Running a training step without its memory: fake floating-point tensors, and a count of every live storage.
+
+`FakeFloatMode` makes every floating-point tensor a PyTorch fake tensor (shape, dtype and storage size, no data),
+while integer and boolean tensors (token ids, labels, masks, positions) stay real: the model reads their values
+(how many image tokens, where samples start, which tokens are supervised), which a fake tensor cannot give. Indexing
+a fake tensor with a real boolean mask becomes indexing with the mask's positions, whose output shape is known.
+
+`StorageTracker` sees every tensor an operation returns, fake or real, and counts each storage once while it lives,
+under the category that was current when it appeared; its peak is the peak of the step.
+"""
+import weakref
+from contextlib import contextmanager
+from typing import Any, Dict, Iterable, Iterator, Optional
+
+import torch
+from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensor
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+aten = torch.ops.aten
+CATEGORIES = ('parameters', 'gradients', 'optimizer states', 'activations', 'logits / loss')
+TRANSIENT = ('activations', 'logits / loss')
+REAL_NUMEL_LIMIT = 2 ** 24   # larger integer / boolean results stay fake too (4-bit weights, attention masks)
+_DEVICE = torch.ops.prim.device.default   # asked for every fake tensor of every op: passed straight on
+_INDEX_OPS = (aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._index_put_impl_.default)
+
+
+def _real_bool(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor) and value.dtype == torch.bool
+
+
+def _positions(indices: Iterable[Optional[torch.Tensor]]) -> list:
+    """Index lists with real boolean masks replaced by the masks' positions (one long tensor per masked dim)."""
+    positions = []
+    for index in indices:
+        positions.extend(index.nonzero().unbind(1) if _real_bool(index) else [index])
+    return positions
+
+
+class FakeFloatMode(TorchDispatchMode):
+    """Floating-point results are fake tensors; integer and boolean results of real inputs are computed, unless
+    they are larger than REAL_NUMEL_LIMIT elements (whose values no step reads; reading one fails loudly)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fake = FakeTensorMode(allow_non_fake_inputs=True)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is _DEVICE:
+            return func(*args, **kwargs)
+        if func in _INDEX_OPS and any(_real_bool(i) for i in args[1]):
+            args = (args[0], _positions(args[1]), *args[2:])
+        elif func is aten.masked_select.default and _real_bool(args[1]):
+            mask = args[1].expand(torch.broadcast_shapes(args[0].shape, args[1].shape))
+            return self.__torch_dispatch__(aten.index.Tensor, types, (args[0].expand(mask.shape), [mask]))
+        if any(isinstance(t, FakeTensor) for t in tree_leaves((args, kwargs))):
+            with self.fake:
+                return func(*args, **kwargs)
+        try:
+            with self.fake:
+                probe = func(*args, **kwargs)
+        except (DataDependentOutputException, DynamicOutputShapeException):
+            return func(*args, **kwargs)   # nonzero, item, bincount: their values are needed, and they are small
+        outputs = [t for t in tree_leaves(probe) if isinstance(t, torch.Tensor)]
+        if any(t.is_floating_point() for t in outputs) or sum(t.numel() for t in outputs) > REAL_NUMEL_LIMIT:
+            return probe
+        return func(*args, **kwargs)
+
+
+class StorageTracker(TorchDispatchMode):
+    """Live bytes per category, counted per storage (views share theirs), and the breakdown at two peaks: the
+    peak of everything, and the peak of what a step creates and frees (activations and logits / loss).
+
+    Tensors whose last dimension is the vocabulary (`logits_width`) count as 'logits / loss'; gradients are moved
+    to 'gradients' when they land on their parameter (`track_gradients`)."""
+
+    def __init__(self, logits_width: Optional[int] = None):
+        super().__init__()
+        self.logits_width = logits_width
+        self.category = 'activations'
+        self.live: Dict[int, list] = {}
+        self.totals = dict.fromkeys(CATEGORIES, 0)
+        self.peak = dict(self.totals)
+        self.transient_peak = dict(self.totals)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is _DEVICE:
+            return out
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                self.track(tensor)
+        return out
+
+    def track(self, tensor: torch.Tensor, category: Optional[str] = None) -> None:
+        """Counts the tensor's storage from now until it is freed (once, however many tensors view it)."""
+        storage = tensor.untyped_storage()
+        key = storage._cdata
+        if key in self.live:
+            return
+        if category is None:
+            category = self.category
+            if self.logits_width and tensor.dim() and tensor.shape[-1] == self.logits_width:
+                category = 'logits / loss'
+        entry = [storage.nbytes(), category]
+        self.live[key] = entry
+        self.totals[category] += entry[0]
+        weakref.finalize(storage, self._free, key)
+        self._update_peaks()
+
+    def _free(self, key: int) -> None:
+        nbytes, category = self.live.pop(key)
+        self.totals[category] -= nbytes
+
+    def recategorize(self, tensor: torch.Tensor, category: str) -> None:
+        entry = self.live.get(tensor.untyped_storage()._cdata)
+        if entry is None:
+            self.track(tensor, category)
+            return
+        self.totals[entry[1]] -= entry[0]
+        self.totals[category] += entry[0]
+        entry[1] = category
+
+    def _update_peaks(self) -> None:
+        if sum(self.totals.values()) > sum(self.peak.values()):
+            self.peak = dict(self.totals)
+        if sum(self.totals[c] for c in TRANSIENT) > sum(self.transient_peak[c] for c in TRANSIENT):
+            self.transient_peak = dict(self.totals)
+
+    def reset_peaks(self) -> None:
+        self.peak = dict(self.totals)
+        self.transient_peak = dict(self.totals)
+
+    @contextmanager
+    def counting_as(self, category: str) -> Iterator[None]:
+        previous, self.category = self.category, category
+        try:
+            yield
+        finally:
+            self.category = previous
+
+    def track_gradients(self, parameters: Iterable[torch.nn.Parameter]) -> list:
+        """Each gradient counts as 'gradients' once it is accumulated into its parameter; returns the hooks."""
+        return [param.register_post_accumulate_grad_hook(lambda p: self.recategorize(p.grad, 'gradients'))
+                for param in parameters if param.requires_grad]
