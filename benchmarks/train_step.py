@@ -20,10 +20,13 @@ The optimizer is torch's AdamW on the trainable weights in their dtype (DeepSpee
 states to a full fine-tune: 12 bytes per trainable parameter).
 """
 import argparse
+import ctypes
 import multiprocessing
 import os
 import random
 import resource
+import signal
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -183,8 +186,19 @@ def measure_size(size: str, mode: str, kind: str, shape_dir: str, samples: int, 
     return result
 
 
+def _end_with_the_benchmark() -> None:
+    """A benchmark stopped by a time limit (`subprocess.run(timeout=...)` kills only the benchmark itself) left its
+    measuring process running for as long as its measurement takes, competing for the CPU with whatever ran next;
+    on Linux the measuring process now gets SIGKILL when the benchmark ends."""
+    if sys.platform.startswith('linux'):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != multiprocessing.parent_process().pid:  # it ended before the signal was asked for
+            os._exit(1)
+
+
 def in_own_process(function, *args) -> Dict[str, float]:
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context('spawn')) as pool:
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context('spawn'),
+                             initializer=_end_with_the_benchmark) as pool:
         return pool.submit(function, *args).result()
 
 

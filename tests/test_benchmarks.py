@@ -3,6 +3,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -99,3 +100,35 @@ def test_data_build_counts_lengths_in_workers_plans_packs_and_fails_early_on_dat
     assert re.fullmatch(r'images alone over max_length \(64\): fails at build after [\d.]+ s', lines[-2])
     assert re.fullmatch(r'every sample dropped at load \(max_length 260\): fails at first item after [\d.]+ s',
                         lines[-1])
+
+
+def test_a_benchmark_stopped_by_a_time_limit_leaves_no_measuring_process_behind(tmp_path):
+    """in_own_process's measuring process ends with the benchmark (a timed-out benchmark left it computing for the
+    rest of the test run)."""
+    ready = tmp_path / 'ready'
+    code = (f'import time, train_step; train_step.in_own_process(exec, "open({str(ready)!r}, \'w\').close(); '
+            f'import time; time.sleep(600)")')
+    benchmark = subprocess.Popen([sys.executable, '-c', code], cwd=os.path.join(ROOT, 'benchmarks'))
+    try:
+        deadline = time.monotonic() + 300
+        while not ready.exists():
+            assert benchmark.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        measuring = [pid for pid in subprocess.run(['pgrep', '-P', str(benchmark.pid), '-f', 'spawn_main'],
+                                                   capture_output=True, text=True).stdout.split()]
+        assert len(measuring) == 1
+    finally:
+        benchmark.kill()
+        benchmark.wait()
+    deadline = time.monotonic() + 30
+    while process_lives(int(measuring[0])) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not process_lives(int(measuring[0]))
+
+
+def process_lives(pid: int) -> bool:
+    try:
+        with open(f'/proc/{pid}/stat') as stat:
+            return stat.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except FileNotFoundError:
+        return False
