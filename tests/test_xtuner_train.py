@@ -87,7 +87,7 @@ def test_lora_and_qlora_runs_keep_only_adapters_and_convert_merged(tiny_checkpoi
     base = tiny_checkpoint(family, vit)
     work = str(tmp_path / 'work')
     log = xtuner_train(config, work, tiny_options(base, shapes_meta, **{'optim_wrapper.optimizer.lr': 1e-3}),
-                       deepspeed=deepspeed, port=29615)
+                       deepspeed=deepspeed)
     checkpoint = _trained(work, log)
     assert os.path.isdir(checkpoint) == bool(deepspeed)
     trained = load_trained_state(checkpoint)
@@ -135,7 +135,7 @@ def test_deepspeed_zero2_in_two_processes(tiny_checkpoint, shapes_meta, tmp_path
     base = tiny_checkpoint('internlm2')
     work = str(tmp_path / 'work')
     options = tiny_options(base, shapes_meta, **{'optim_wrapper.optimizer.lr': 1e-3})
-    log = xtuner_train(ZERO2, work, options, processes=2, port=29613, deepspeed='deepspeed_zero2')
+    log = xtuner_train(ZERO2, work, options, processes=2, deepspeed='deepspeed_zero2')
     checkpoint = _trained(work, log)
     assert os.path.isdir(checkpoint) and checkpoint.endswith('iter_50.pth'), log[-3000:]  # 200 samples / (2 x 2)
     partitions = sorted(os.path.basename(p)
@@ -152,7 +152,7 @@ def test_packed_training_with_deepspeed_zero2(tiny_checkpoint, shapes_meta, tmp_
     options = inside_packed_dataset(tiny_options(base, shapes_meta, batch_size=1,
                                                  **{'train_dataloader.dataset.dataset.max_length': 4096}))
     work = str(tmp_path / 'work')
-    log = xtuner_train(config, work, options, deepspeed='deepspeed_zero2', port=29616)
+    log = xtuner_train(config, work, options, deepspeed='deepspeed_zero2')
     checkpoint = _trained(work, log)
     # 200 samples of 301 tokens: 13 per 4096-token pack -> 16 packs, one a step.
     assert checkpoint.endswith('iter_16.pth'), log[-3000:]
@@ -177,7 +177,7 @@ def test_internvl3_and_internvl3_5_configs_train_and_convert(tiny_checkpoint, sh
         del options['train_dataloader.sampler.per_device_batch_size']   # random order: no length groups
         inside_packed_dataset(options)
     work = str(tmp_path / 'work')
-    log = xtuner_train(config, work, options, port=29617)
+    log = xtuner_train(config, work, options)
     checkpoint = _trained(work, log)
     assert checkpoint.endswith('iter_3.pth' if packed else 'iter_100.pth'), log[-3000:]
     if packed:
@@ -198,8 +198,7 @@ def test_an_moe_lora_config_trains_its_experts_and_converts(tiny_checkpoint, sha
     base = tiny_checkpoint('qwen3_moe')
     config = 'configs/v3_5/internvl_v3_5_qwen3_30b_a3b_lora_finetune.py'
     work = str(tmp_path / 'work')
-    log = xtuner_train(config, work, tiny_options(base, shapes_meta, **{'optim_wrapper.optimizer.lr': 1e-3}),
-                       port=29618)
+    log = xtuner_train(config, work, tiny_options(base, shapes_meta, **{'optim_wrapper.optimizer.lr': 1e-3}))
     checkpoint = _trained(work, log)
     assert checkpoint.endswith('iter_100.pth'), log[-3000:]
     out = str(tmp_path / 'converted')
@@ -230,7 +229,7 @@ def test_resume_after_kill_continues_with_optimizer_and_scheduler_state(tiny_che
     options = tiny_options(base, shapes_meta, interval=5, **{
         'model.torch_dtype': 'float32', 'model.drop_path_rate': 0.0, 'optim_wrapper.optimizer.lr': 1e-3})
     interrupted = str(tmp_path / 'interrupted')
-    process = subprocess.Popen(xtuner_command(FULL, interrupted, options), env=xtuner_env(port=29614),
+    process = subprocess.Popen(xtuner_command(FULL, interrupted, options), env=xtuner_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while _last_checkpoint_iteration(interrupted) < 10 and process.poll() is None and time.time() < deadline:

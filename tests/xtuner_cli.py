@@ -6,6 +6,7 @@ leaves in the work dir.
 import glob
 import os
 import re
+import socket
 import subprocess
 import sys
 from typing import Dict, List, Optional
@@ -51,9 +52,17 @@ def xtuner_command(config: str, work_dir: str, options: Dict[str, object], deeps
     return command
 
 
-def xtuner_env(processes: int = 1, port: int = 29600) -> Dict[str, str]:
+def free_port() -> int:
+    """A port nothing listens on now: fixed ports failed with EADDRINUSE when two worlds' test runs ran side by side."""
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
+
+
+def xtuner_env(processes: int = 1) -> Dict[str, str]:
     """PATH with this interpreter's bin first (xtuner starts `python` / `torchrun` from PATH), the CPU shims, and
-    the rendezvous variables DeepSpeed wants even in one process."""
+    the rendezvous variables DeepSpeed wants even in one process (on a free port)."""
+    port = free_port()
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH'],
                PYTHONPATH=SHIMS + os.pathsep + os.environ.get('PYTHONPATH', ''), MASTER_ADDR='127.0.0.1',
                MASTER_PORT=str(port), OMP_NUM_THREADS='2')
@@ -65,10 +74,10 @@ def xtuner_env(processes: int = 1, port: int = 29600) -> Dict[str, str]:
     return env
 
 
-def xtuner_train(config: str, work_dir: str, options: Dict[str, object], processes: int = 1, port: int = 29600,
-                 timeout: int = 600, **kwargs) -> str:
+def xtuner_train(config: str, work_dir: str, options: Dict[str, object], processes: int = 1, timeout: int = 600,
+                 **kwargs) -> str:
     """Runs training to the end; returns its output."""
-    result = subprocess.run(xtuner_command(config, work_dir, options, **kwargs), env=xtuner_env(processes, port),
+    result = subprocess.run(xtuner_command(config, work_dir, options, **kwargs), env=xtuner_env(processes),
                             capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     return result.stdout + result.stderr
