@@ -187,9 +187,8 @@ def measure_size(size: str, mode: str, kind: str, shape_dir: str, samples: int, 
 
 
 def _end_with_the_benchmark() -> None:
-    """A benchmark stopped by a time limit (`subprocess.run(timeout=...)` kills only the benchmark itself) left its
-    measuring process running for as long as its measurement takes, competing for the CPU with whatever ran next;
-    on Linux the measuring process now gets SIGKILL when the benchmark ends."""
+    """The measuring process gets SIGKILL when the benchmark ends (Linux): a time limit (`subprocess.run(timeout=)`)
+    kills only the benchmark, and its measurement would go on competing for the CPU with whatever runs next."""
     if sys.platform.startswith('linux'):
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
         if os.getppid() != multiprocessing.parent_process().pid:  # it ended before the signal was asked for
