@@ -152,6 +152,13 @@ def _train_tool_helpers(module) -> None:
 SINGLE_PROCESS_ENV = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')
 
 
+def free_local_port() -> int:
+    """A local port nothing listens on now, for a rendezvous (also the tests' xtuner runs)."""
+    with importlib.import_module('socket').socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
+
+
 def _single_process_rendezvous() -> None:
     """`xtuner train --deepspeed` in one process (one GPU, as the QLoRA configs run) starts no launcher, and
     DeepSpeed then looks for MPI and stops with `No module named 'mpi4py'` (xtuner issue 592). With no launcher's
@@ -160,10 +167,8 @@ def _single_process_rendezvous() -> None:
     if '--deepspeed' not in sys.argv or 'SLURM_PROCID' in os.environ or any(
             name in os.environ for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')):
         return
-    with importlib.import_module('socket').socket() as probe:
-        probe.bind(('127.0.0.1', 0))
-        port = probe.getsockname()[1]
-    defaults = {'RANK': '0', 'WORLD_SIZE': '1', 'LOCAL_RANK': '0', 'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(port)}
+    defaults = {'RANK': '0', 'WORLD_SIZE': '1', 'LOCAL_RANK': '0', 'MASTER_ADDR': '127.0.0.1',
+                'MASTER_PORT': str(free_local_port())}
     for name in SINGLE_PROCESS_ENV:
         os.environ.setdefault(name, defaults[name])
     applied.append('one-process rendezvous')

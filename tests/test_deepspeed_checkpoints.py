@@ -5,11 +5,11 @@ import sys
 import pytest
 import torch
 from test_convert import write_config
-from xtuner_cli import free_port
 
 from internvl_plugin import InternVL_V1_5
 from internvl_plugin.model.checkpoint.convert import convert_checkpoint
 from internvl_plugin.model.checkpoint.trained import load_trained_state
+from internvl_plugin_bridge import free_local_port
 
 HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'deepspeed_save.py')
 
@@ -17,7 +17,7 @@ HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'deepspeed_sa
 @pytest.mark.parametrize('stage', [2, 3])
 def test_real_deepspeed_checkpoints_convert(tiny_checkpoint, tmp_path, stage):
     base = tiny_checkpoint('qwen2')
-    env = dict(os.environ, MASTER_PORT=str(free_port()))
+    env = dict(os.environ, MASTER_PORT=str(free_local_port()))
     result = subprocess.run([sys.executable, HARNESS, str(stage), base, str(tmp_path)], capture_output=True,
                             text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

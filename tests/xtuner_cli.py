@@ -6,10 +6,11 @@ leaves in the work dir.
 import glob
 import os
 import re
-import socket
 import subprocess
 import sys
 from typing import Dict, List, Optional
+
+from internvl_plugin_bridge import free_local_port
 
 SHIMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cpu_shims')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,17 +53,10 @@ def xtuner_command(config: str, work_dir: str, options: Dict[str, object], deeps
     return command
 
 
-def free_port() -> int:
-    """A port nothing listens on now: fixed ports failed with EADDRINUSE when two worlds' test runs ran side by side."""
-    with socket.socket() as probe:
-        probe.bind(('127.0.0.1', 0))
-        return probe.getsockname()[1]
-
-
 def xtuner_env(processes: int = 1) -> Dict[str, str]:
     """PATH with this interpreter's bin first (xtuner starts `python` / `torchrun` from PATH), the CPU shims, and
     the rendezvous variables DeepSpeed wants even in one process (on a free port)."""
-    port = free_port()
+    port = free_local_port()  # fixed ports failed with EADDRINUSE when two worlds' runs ran side by side
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH'],
                PYTHONPATH=SHIMS + os.pathsep + os.environ.get('PYTHONPATH', ''), MASTER_ADDR='127.0.0.1',
                MASTER_PORT=str(port), OMP_NUM_THREADS='2')
