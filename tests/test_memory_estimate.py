@@ -18,11 +18,13 @@ from internvl_plugin import InternVL_V1_5, InternVLAdamW
 from internvl_plugin.memory.estimate import (GIB, ConfigModel, Estimate, Workload, ZeroSettings, estimate_config,
                                              largest_fitting, model_arguments, per_gpu_memory, read_workload,
                                              read_zero_settings, recipe_defaults, table_row)
-from internvl_plugin.memory.moe_routing import balanced_choice, concentrated_choice, estimated_routing
+from internvl_plugin.memory.moe_routing import balanced_choice, estimated_routing, stack_experts
 from internvl_plugin.memory.packed_4bit import Packed4bitLinear, nf4_bytes
+from internvl_plugin.memory.stacked_experts import StackedExperts
 from internvl_plugin.memory.step import StepMemory, build_fake_model, measure_step, worst_case_batch
 from internvl_plugin.memory.tracking import FakeFloatMode
 from internvl_plugin.model.checkpoint.load import build_network
+from internvl_plugin.model.modeling.moe import ExpertLinears, run_experts
 from internvl_plugin.released import RELEASED, RELEASED_PARTS
 from internvl_plugin.tiny import shape_config
 
@@ -255,14 +257,51 @@ def test_an_mpo_config_is_estimated_with_its_pairs_and_reference_copy():
     assert recipe_defaults(config) == (8, 'deepspeed_zero1')
 
 
-def test_each_routing_rule_gives_every_token_top_k_different_experts():
-    balanced, concentrated = (choice(1000, 8, 128, torch.device('cpu')) for choice in (balanced_choice,
-                                                                                      concentrated_choice))
-    for chosen in (balanced, concentrated):
-        assert chosen.shape == (1000, 8) and all(len(set(row.tolist())) == 8 for row in chosen)
-    counts = torch.bincount(balanced.flatten(), minlength=128)
+def test_the_routing_rule_gives_every_token_top_k_different_experts_and_each_expert_its_share():
+    chosen = balanced_choice(1000, 8, 128, torch.device('cpu'))
+    assert chosen.shape == (1000, 8) and all(len(set(row.tolist())) == 8 for row in chosen)
+    counts = torch.bincount(chosen.flatten(), minlength=128)
     assert counts.max() - counts.min() <= 1 and counts.sum() == 8000
-    assert torch.bincount(concentrated.flatten()).tolist() == [1000] * 8
+
+
+@needs_qwen3
+def test_stacked_experts_compute_what_the_per_expert_layers_do_with_lora_on_and_off(tiny_checkpoint):
+    """The estimate's stand-in for per-expert layers (QLoRA's, transformers 4's) on real tensors: the same output
+    as each expert's own LoRA layers, and the base layers' alone while the adapters are disabled."""
+    model = InternVL_V1_5(model_path=tiny_checkpoint('qwen3_moe'), torch_dtype='float32', expert_linears=True,
+                          **LORA).eval()
+    block = next(m for m in model.modules() if type(m).__name__ == 'Qwen3MoeSparseMoeBlock')
+    experts = block.experts
+    experts = [getattr(experts, str(i)) for i in range(experts.num_experts)] if isinstance(experts, ExpertLinears) \
+        else list(experts)
+    act_fn = experts[0].act_fn if hasattr(experts[0], 'act_fn') else block.experts.act_fn
+    for expert in experts:
+        for name in ('gate_proj', 'up_proj', 'down_proj'):
+            torch.nn.init.normal_(getattr(expert, name).lora_B['default'].weight)   # peft starts B at zero
+
+    def each_expert(layer: str):
+        def run(index: int, x: torch.Tensor) -> torch.Tensor:
+            gate, up, down = (getattr(experts[index], name) for name in ('gate_proj', 'up_proj', 'down_proj'))
+            if layer == 'base':
+                gate, up, down = gate.base_layer, up.base_layer, down.base_layer
+            return down(act_fn(gate(x)) * up(x))
+        return run
+
+    top_k = model.model.language_model.config.num_experts_per_tok
+    tokens = 9 * len(experts)   # slots the experts share evenly (else one repeats a slot: the same sizes, not values)
+    hidden = torch.randn(tokens, model.model.language_model.config.hidden_size)
+    chosen = balanced_choice(tokens, top_k, len(experts), hidden.device)
+    weights = torch.rand(tokens, top_k)
+    with torch.no_grad():
+        expected = {layer: run_experts(hidden, chosen, weights, len(experts), each_expert(layer))
+                    for layer in ('lora', 'base')}
+        layers = model.model.language_model.config.num_hidden_layers
+        assert stack_experts(model) == layers
+        stacked = next(m for m in model.modules() if isinstance(m, StackedExperts))
+        assert torch.allclose(stacked(hidden, chosen, weights), expected['lora'], atol=1e-5)
+        with model.model.language_model.disable_adapter():
+            assert torch.allclose(stacked(hidden, chosen, weights), expected['base'], atol=1e-5)
+        assert not torch.allclose(expected['lora'], expected['base'], atol=1e-3)
 
 
 def test_a_model_without_known_shapes_is_one_clear_error(tmp_path):
