@@ -27,14 +27,24 @@ QLORA = 'configs/v2_5/internvl_v2_5_internlm2_5_26b_qlora_finetune.py'
 ZERO2 = 'configs/v2_5/internvl_v2_5_internlm2_5_8b_finetune.py'
 
 
-@pytest.fixture(scope='module')
-def shapes_meta(tmp_path_factory):
-    """20 images x 10 repeats = 200 samples: 100 iterations at batch 2, long enough to kill a run midway."""
-    folder = tmp_path_factory.mktemp('shapes')
+def _shapes(folder, repeat_time: int) -> str:
     annotation = write_split(str(folder), 'train', 20, seed=0)
     meta = folder / 'meta.json'
-    meta.write_text(json.dumps({'shapes': {'root': str(folder), 'annotation': annotation, 'repeat_time': 10}}))
+    meta.write_text(json.dumps({'shapes': {'root': str(folder), 'annotation': annotation,
+                                           'repeat_time': repeat_time}}))
     return str(meta)
+
+
+@pytest.fixture(scope='module')
+def shapes_meta(tmp_path_factory):
+    """20 images x 2 repeats = 40 samples: 20 iterations at batch 2, long enough to kill a run midway."""
+    return _shapes(tmp_path_factory.mktemp('shapes'), 2)
+
+
+@pytest.fixture(scope='module')
+def many_shapes_meta(tmp_path_factory):
+    """20 images x 10 repeats = 200 one-tile samples: more than one 96-tile pack."""
+    return _shapes(tmp_path_factory.mktemp('many_shapes'), 10)
 
 
 def _trained(work_dir: str, log: str) -> str:
@@ -69,7 +79,7 @@ def test_full_finetune_trains_mlp_and_llm_and_converts(tiny_checkpoint, shapes_m
         assert mine.read() == shipped.read()
     log = xtuner_train(config, work, tiny_options(base, shapes_meta, **{'optim_wrapper.optimizer.lr': 1e-3}))
     checkpoint = _trained(work, log)
-    assert checkpoint.endswith('iter_100.pth') and 'loss:' in log
+    assert checkpoint.endswith('iter_20.pth') and 'loss:' in log
     trained = load_trained_state(checkpoint)
     assert any(k.startswith('model.mlp1.') for k in trained) and not any('vision_model' in k for k in trained)
     converted = _convert(work, config, checkpoint, str(tmp_path / 'converted'))
@@ -137,7 +147,7 @@ def test_deepspeed_zero2_in_two_processes(tiny_checkpoint, shapes_meta, tmp_path
     options = tiny_options(base, shapes_meta, **{'optim_wrapper.optimizer.lr': 1e-3})
     log = xtuner_train(ZERO2, work, options, processes=2, deepspeed='deepspeed_zero2')
     checkpoint = _trained(work, log)
-    assert os.path.isdir(checkpoint) and checkpoint.endswith('iter_50.pth'), log[-3000:]  # 200 samples / (2 x 2)
+    assert os.path.isdir(checkpoint) and checkpoint.endswith('iter_10.pth'), log[-3000:]  # 40 samples / (2 x 2)
     partitions = sorted(os.path.basename(p)
                         for p in glob.glob(os.path.join(checkpoint, '**', '*optim_states.pt'), recursive=True))
     assert len(partitions) == 2 and 'zero_pp_rank_1' in partitions[1]  # optimizer state split across two ranks
@@ -154,8 +164,8 @@ def test_packed_training_with_deepspeed_zero2(tiny_checkpoint, shapes_meta, tmp_
     work = str(tmp_path / 'work')
     log = xtuner_train(config, work, options, deepspeed='deepspeed_zero2')
     checkpoint = _trained(work, log)
-    # 200 samples of 301 tokens: 13 per 4096-token pack -> 16 packs, one a step.
-    assert checkpoint.endswith('iter_16.pth'), log[-3000:]
+    # 40 samples of 301 tokens: 13 per 4096-token pack -> 4 packs, one a step.
+    assert checkpoint.endswith('iter_4.pth'), log[-3000:]
     converted = _convert(work, config, checkpoint, str(tmp_path / 'converted'))
     assert not torch.equal(_llm_weight(converted), _llm_weight(InternVL_V1_5(base, torch_dtype='float32')))
 
@@ -165,12 +175,13 @@ def test_packed_training_with_deepspeed_zero2(tiny_checkpoint, shapes_meta, tmp_
     pytest.param('configs/v3_5/internvl_v3_5_qwen3_0_6b_finetune.py', 'qwen3', id='internvl3_5-1b-full-packed',
                  marks=needs_qwen3),
 ])
-def test_internvl3_and_internvl3_5_configs_train_and_convert(tiny_checkpoint, shapes_meta, tmp_path, config, family):
+def test_internvl3_and_internvl3_5_configs_train_and_convert(tiny_checkpoint, shapes_meta, many_shapes_meta, tmp_path,
+                                                             config, family):
     """InternVL3 trains MLP + LLM on length-grouped batches; InternVL3.5 trains everything, ViT included, on
     32768-token / 96-tile packs in random order (200 one-tile samples: 96 + 96 + 8 tiles, three steps)."""
     base = tiny_checkpoint(family)
-    options = tiny_options(base, shapes_meta, **{'optim_wrapper.optimizer.lr': 1e-3})
     packed = '/v3_5/' in config
+    options = tiny_options(base, many_shapes_meta if packed else shapes_meta, **{'optim_wrapper.optimizer.lr': 1e-3})
     if packed:
         del options['default_hooks.logger.interval']  # the config's 10: a 3-iteration run still logs each one
         options['train_dataloader.batch_size'] = 1
@@ -179,7 +190,7 @@ def test_internvl3_and_internvl3_5_configs_train_and_convert(tiny_checkpoint, sh
     work = str(tmp_path / 'work')
     log = xtuner_train(config, work, options)
     checkpoint = _trained(work, log)
-    assert checkpoint.endswith('iter_3.pth' if packed else 'iter_100.pth'), log[-3000:]
+    assert checkpoint.endswith('iter_3.pth' if packed else 'iter_20.pth'), log[-3000:]
     if packed:
         assert re.findall(r'Iter\(train\) \[(\d)/3\]', log) == ['1', '2', '3']
     trained = load_trained_state(checkpoint)
@@ -200,7 +211,7 @@ def test_an_moe_lora_config_trains_its_experts_and_converts(tiny_checkpoint, sha
     work = str(tmp_path / 'work')
     log = xtuner_train(config, work, tiny_options(base, shapes_meta, **{'optim_wrapper.optimizer.lr': 1e-3}))
     checkpoint = _trained(work, log)
-    assert checkpoint.endswith('iter_100.pth'), log[-3000:]
+    assert checkpoint.endswith('iter_20.pth'), log[-3000:]
     out = str(tmp_path / 'converted')
     converted = _convert(work, config, checkpoint, out)
     keys = set(load_file(os.path.join(out, 'model.safetensors')))
@@ -237,18 +248,18 @@ def test_resume_after_kill_continues_with_optimizer_and_scheduler_state(tiny_che
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     killed_at = _last_checkpoint_iteration(interrupted)
-    assert 10 <= killed_at < 100, f'the run was not killed midway (last checkpoint: iteration {killed_at})'
+    assert 10 <= killed_at < 20, f'the run was not killed midway (last checkpoint: iteration {killed_at})'
     resume_from = open(os.path.join(interrupted, 'last_checkpoint')).read().strip()
     # Resumed from the config xtuner saved into the work dir, with torch's weights_only default for every other load.
     assert 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' not in os.environ
     log = xtuner_train(saved_config(interrupted, FULL), interrupted, options, resume=resume_from, seed=None)
     assert f'resumed epoch: 0, iter: {killed_at}' in log, log[-3000:]
-    assert f'Iter(train) [{killed_at + 1:3d}/100]' in log and 'Iter(train) [100/100]' in log
+    assert f'Iter(train) [{killed_at + 1:2d}/20]' in log and 'Iter(train) [20/20]' in log
 
     uninterrupted = str(tmp_path / 'uninterrupted')
     xtuner_train(FULL, uninterrupted, options)
-    resumed_state = load_trained_state(os.path.join(interrupted, 'iter_100.pth'))
-    reference = load_trained_state(os.path.join(uninterrupted, 'iter_100.pth'))
+    resumed_state = load_trained_state(os.path.join(interrupted, 'iter_20.pth'))
+    reference = load_trained_state(os.path.join(uninterrupted, 'iter_20.pth'))
     assert resumed_state.keys() == reference.keys()
     for key, tensor in reference.items():
         assert torch.allclose(resumed_state[key], tensor, atol=1e-6), key
