@@ -3,7 +3,7 @@
 # benchmarks/train_step.py, each in its own time limit so that the whole call stays within 10 minutes.
 #
 #   bash benchmarks/gpu_check.sh OUT                # on the lent H100 / H200
-#   bash benchmarks/gpu_check.sh --dry-run OUT      # the same rows at tiny sizes on a CPU (what CI runs)
+#   bash benchmarks/gpu_check.sh --dry-run OUT      # one row of each at tiny size on a CPU (what CI runs)
 #   bash benchmarks/gpu_check.sh --memory OUT       # the memory estimate beside the real peak (a call of its own)
 #
 # Rows: 1B and 2B full fine-tune and 8B LoRA with SDPA (and with flash attention 2 where flash_attn imports), the
@@ -64,7 +64,6 @@ add_if() {
 # name, seconds, script, its arguments
 rows=()
 if [ "$memory" = 1 ] && [ "$dry_run" = 1 ]; then
-    rows+=("tiny-full-memory|300|memory_check.py|--size tiny --mode full")
     rows+=("tiny-lora-memory|300|memory_check.py|--size tiny --mode lora")
 elif [ "$memory" = 1 ]; then
     rows+=("1b-full-memory|120|memory_check.py|--size 1b --mode full")
@@ -73,7 +72,6 @@ elif [ "$memory" = 1 ]; then
     add_if bitsandbytes "26b-qlora-memory|180|memory_check.py|--size 26b --mode qlora"
 elif [ "$dry_run" = 1 ]; then
     rows+=("tiny-full-sdpa|400|train_step.py|--size tiny --mode full --samples 24 --peak-tflops 0.5 --attn sdpa")
-    rows+=("tiny-lora-sdpa|400|train_step.py|--size tiny --mode lora --samples 24 --peak-tflops 0.5 --attn sdpa")
 else
     rows+=("1b-full-sdpa|110|train_step.py|--size 1b --mode full --samples 192 --attn sdpa")
     rows+=("2b-full-sdpa|130|train_step.py|--size 2b --mode full --samples 192 --attn sdpa")

@@ -28,7 +28,7 @@ def test_gpu_check_dry_run_runs_its_rows_at_tiny_sizes_and_reports_each(tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     device = (out / 'device.txt').read_text()
     assert f'torch: {torch_version()}' in device and 'transformers: ' in device
-    assert (out / 'summary.txt').read_text().splitlines() == ['tiny-full-sdpa: 3 rows', 'tiny-lora-sdpa: 3 rows']
+    assert (out / 'summary.txt').read_text().splitlines() == ['tiny-full-sdpa: 3 rows']
     check_train_step_rows((out / 'tiny-full-sdpa.txt').read_text().splitlines())
 
 
@@ -41,7 +41,7 @@ def test_gpu_check_memory_dry_run_puts_the_estimate_beside_the_real_step(tmp_pat
                             timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = (out / 'summary.txt').read_text().splitlines()
-    assert [line.split(':')[0] for line in summary] == ['tiny-full-memory', 'tiny-lora-memory']
+    assert [line.split(':')[0] for line in summary] == ['tiny-lora-memory']
     for line in summary:
         assert float(re.fullmatch(r'[\w-]+: estimate / tracked ([\d.]+)', line).group(1)) == pytest.approx(1, abs=0.05)
     row = (out / 'tiny-lora-memory.txt').read_text().splitlines()[-1]
