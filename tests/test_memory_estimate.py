@@ -1,9 +1,11 @@
 """The memory estimate: the step under fake tensors equals the same step with real tensors at tiny sizes (against
 torch's own MemTracker where it can track the model), ZeRO's shares, the worst-case batch, the released shapes,
 a real-size config within a minute and without real memory, and the command line."""
+import json
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 
@@ -18,7 +20,7 @@ from internvl_plugin import InternVL_V1_5, InternVLAdamW
 from internvl_plugin.memory.estimate import (GIB, ConfigModel, Estimate, Workload, ZeroSettings, estimate_config,
                                              largest_fitting, model_arguments, per_gpu_memory, read_workload,
                                              read_zero_settings, recipe_defaults, table_row)
-from internvl_plugin.memory.moe_routing import balanced_choice, estimated_routing, stack_experts
+from internvl_plugin.memory.moe_routing import balanced_choice, estimated_routing, representative_experts, stack_experts
 from internvl_plugin.memory.packed_4bit import Packed4bitLinear, nf4_bytes
 from internvl_plugin.memory.stacked_experts import StackedExperts
 from internvl_plugin.memory.step import StepMemory, build_fake_model, measure_step, worst_case_batch
@@ -191,9 +193,8 @@ def test_released_shapes_have_their_names_parameter_counts_and_the_configs_famil
 @needs_qwen3
 @pytest.mark.parametrize('mode', ['full', 'lora', 'qlora'])
 def test_a_qwen3_moe_estimate_equals_the_real_step_whatever_the_router_chose(tiny_checkpoint, mode):
-    """The fake step routes by the estimate's rules (moe_routing: evenly over transformers 5's 3-D experts of full
-    and LoRA, all tokens to the first top_k of QLoRA's per-expert linears and of transformers 4's MoE block); the
-    real step routes as its router says. What the experts save is the same for any routing: the peaks agree."""
+    """The fake step routes by the estimate's rule (moe_routing: every expert the same number of tokens); the real
+    step routes as its router says. What the experts save is the same for any routing: the peaks agree."""
     kwargs = dict(model_path=tiny_checkpoint('qwen3_moe'), torch_dtype='bfloat16', use_activation_checkpointing=True)
     if mode != 'full':
         kwargs.update(LORA, quantization_llm=mode == 'qlora', llm_lora=dict(r=16, lora_alpha=32, lora_dropout=0.0))
@@ -262,6 +263,39 @@ def test_the_routing_rule_gives_every_token_top_k_different_experts_and_each_exp
     assert chosen.shape == (1000, 8) and all(len(set(row.tolist())) == 8 for row in chosen)
     counts = torch.bincount(chosen.flatten(), minlength=128)
     assert counts.max() - counts.min() <= 1 and counts.sum() == 8000
+
+
+@needs_qwen3
+def test_a_fake_model_built_with_one_expert_per_group_holds_the_tensors_of_every_expert(tiny_checkpoint, tmp_path):
+    """QLoRA's per-expert layers are built one per group (moe_routing.representative_experts) and stacked group-size
+    times: the same parameters and buffers, name by name (shape, dtype, trainability), as stacking all of them."""
+    folder = str(tmp_path / 'twenty-experts')
+    shutil.copytree(tiny_checkpoint('qwen3_moe'), folder)
+    with open(os.path.join(folder, 'config.json')) as f:
+        config = json.load(f)
+    config['llm_config']['num_experts'] = 20   # groups of 3, the last of 2
+    with open(os.path.join(folder, 'config.json'), 'w') as f:
+        json.dump(config, f)
+    kwargs = dict(model_path=folder, torch_dtype='bfloat16', quantization_llm=True, **LORA)
+    fake = build_fake_model(FakeFloatMode(), **kwargs)
+    with torch.device('meta'):
+        whole = InternVL_V1_5(random_init=True, **kwargs)
+    layers = whole.model.language_model.config.num_hidden_layers
+    assert stack_experts(whole) == layers
+
+    def described(model: torch.nn.Module) -> list:
+        return [(name, tuple(t.shape), t.dtype, t.requires_grad)
+                for name, t in [*model.named_parameters(), *model.named_buffers()]]
+
+    assert described(fake) == described(whole)
+    if _version('transformers') >= Version('5'):   # QLoRA splits the 3-D experts into ExpertLinears
+        with torch.device('meta'), representative_experts():
+            held = InternVL_V1_5(random_init=True, **kwargs)
+        experts = next(m for m in held.modules() if isinstance(m, ExpertLinears))
+        assert experts.num_experts == 20 and sum(key.isdigit() for key in experts._modules) == 7
+    stacked = [m for m in fake.modules() if isinstance(m, StackedExperts)]
+    assert len(stacked) == layers and stacked[0].num_experts == 20
+    assert [group.up_proj.lora_A.shape[0] for group in stacked[0].groups] == [3] * 6 + [2]
 
 
 @needs_qwen3

@@ -6,6 +6,8 @@ tokens need, and the tokens' slots add up to tokens x top_k. Only the transients
 The experts run as batched matmuls over all experts (the same tensors as their eager loop, without its thousands of
 small operations per step, which under fake tensors take minutes): transformers 5's 3-D experts here, per-expert
 layers (QLoRA's ExpertLinears, transformers 4's MoE block) as the StackedExperts the fake model holds instead.
+ExpertLinears are even built with one expert per group (`representative_experts`), which stack_experts stacks
+group-size times: peft then wraps 8 expert layers a projection, not 128.
 
 While the estimate runs, each MoE layer's forward is replaced by one that computes the same tensors of the same
 sizes (the router's logits and weights, transformers' one-hot expert mask, the experts' matmuls) with that routing."""
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.modeling.moe import ExpertLinears
-from .stacked_experts import StackedExperts, expert_slots
+from .stacked_experts import StackedExperts, expert_slots, group_size
 
 try:
     from transformers.models.qwen3_moe import modeling_qwen3_moe
@@ -98,13 +100,35 @@ def _replacements(model: nn.Module) -> List[Tuple[nn.Module, Callable]]:
     return found
 
 
+@contextmanager
+def representative_experts() -> Iterator[None]:
+    """ExpertLinears made inside hold the first expert of each StackedExperts group only, standing for the group
+    (stack_experts repeats it): building the 30B-A3B QLoRA model with its 18,432 LoRA-wrapped expert layers took
+    over a minute. The layer still knows its real expert count."""
+    original = ExpertLinears.__init__
+
+    def build(self: ExpertLinears, gate_up: torch.Tensor, down: torch.Tensor, act_fn: nn.Module) -> None:
+        stride = group_size(gate_up.shape[0])
+        original(self, gate_up[::stride], down[::stride], act_fn)
+        self.num_experts = gate_up.shape[0]
+
+    ExpertLinears.__init__ = build
+    try:
+        yield
+    finally:
+        ExpertLinears.__init__ = original
+
+
 def stack_experts(model: nn.Module) -> int:
     """Replaces each MoE layer's per-expert layers (QLoRA's ExpertLinears, transformers 4's list of expert MLPs) by
-    StackedExperts, before the fake weights are made; the number replaced."""
+    StackedExperts, before the fake weights are made; the number replaced. An ExpertLinears built under
+    `representative_experts` gives each group its one expert, repeated: the same stacked tensors."""
     found = []
     for name, module in model.named_modules():
         if isinstance(module, ExpertLinears):
-            experts, act_fn = [getattr(module, str(i)) for i in range(module.num_experts)], module.act_fn
+            held = [module._modules[str(i)] for i in range(sum(key.isdigit() for key in module._modules))]
+            stride = 1 if len(held) == module.num_experts else group_size(module.num_experts)
+            experts, act_fn = [held[i // stride] for i in range(module.num_experts)], module.act_fn
         elif modeling_qwen3_moe is not None and isinstance(module, modeling_qwen3_moe.Qwen3MoeSparseMoeBlock) \
                 and isinstance(module.experts, nn.ModuleList):
             name, experts, act_fn = f'{name}.experts', list(module.experts), module.experts[0].act_fn

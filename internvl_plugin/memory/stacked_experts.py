@@ -24,6 +24,11 @@ PROJECTIONS = ('gate_proj', 'up_proj', 'down_proj')
 EXPERT_GROUPS = 8
 
 
+def group_size(num_experts: int) -> int:
+    """Experts per group (the last group may hold fewer)."""
+    return -(-num_experts // EXPERT_GROUPS)
+
+
 class _DequantizedStackedMatmul(torch.autograd.Function):
     """Each expert's x @ W^T with W dequantised for the matmul only (one expert's weight at a time, as the loop),
     in forward and again in backward; only x's gradient."""
@@ -96,7 +101,7 @@ class StackedExperts(nn.Module):
     def __init__(self, experts: Sequence[nn.Module], act_fn: nn.Module):
         super().__init__()
         self.num_experts = len(experts)
-        size = -(-self.num_experts // EXPERT_GROUPS)
+        size = group_size(self.num_experts)
         self.groups = nn.ModuleList()
         for start in range(0, self.num_experts, size):
             group = nn.Module()

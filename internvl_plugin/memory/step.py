@@ -15,7 +15,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from ..dataset.collate import internvl_collate_fn, preference_collate_fn
 from ..dataset.templates import IGNORE_INDEX
 from ..model.internvl import InternVL_V1_5
-from .moe_routing import stack_experts
+from .moe_routing import representative_experts, stack_experts
 from .tracking import FakeFloatMode, StorageTracker
 
 IMAGE_START, IMAGE_END = '<img>', '</img>'
@@ -98,11 +98,11 @@ def build_fake_model(mode: FakeFloatMode, model_class: type = InternVL_V1_5, **m
     """The config's model (InternVL_V1_5 or a subclass: InternVLPreference with its reference) from `model_path`'s
     config.json with fake CPU weights, nothing allocated.
 
-    It is built on the meta device (`random_init`), its per-expert MoE layers stacked (moe_routing.stack_experts),
-    then each parameter and buffer becomes a fake tensor of the same shape on the CPU: modules with fake parameters
-    cannot be moved or cast (torch 2.15 refuses to swap them), which building the model needs, while fake inputs
-    need fake weights on a real device."""
-    with torch.device('meta'):
+    It is built on the meta device (`random_init`), its per-expert MoE layers stacked (moe_routing.stack_experts,
+    built with one expert per group), then each parameter and buffer becomes a fake tensor of the same shape on the
+    CPU: modules with fake parameters cannot be moved or cast (torch 2.15 refuses to swap them), which building the
+    model needs, while fake inputs need fake weights on a real device."""
+    with torch.device('meta'), representative_experts():
         model = model_class(random_init=True, **model_kwargs)
         stack_experts(model)
     converter, cpu, done = mode.fake.fake_tensor_converter, torch.device('cpu'), {}
