@@ -1,7 +1,7 @@
 """The training loss at a released size's vocabulary: logits for every token against logits where a label is
 supervised (ours, internvl_plugin.model.modeling.segments.causal_lm_loss).
 
-    python benchmarks/loss_logits.py [--size 1b|2b|8b|26b] [--tokens 4096] [--supervised 0.103]
+    python benchmarks/loss_logits.py [--size 1b|2b|8b|26b] [--tokens 4096] [--supervised 0.103] [--steps 3]
 
 Every token's logits, cast to fp32 for the cross-entropy, is what transformers' CausalLM loss (the official
 InternVL scripts, XTuner 0.2.0) computes and what ours computed before. The default supervised share is the mixed
@@ -22,8 +22,6 @@ from train_step import in_own_process, peak_memory_gib
 from internvl_plugin.model.modeling.segments import IGNORE_INDEX, causal_lm_loss
 from internvl_plugin.tiny import RELEASED_SHAPES
 
-STEPS = 3
-
 
 def every_token_loss(hidden: torch.Tensor, output_layer: torch.nn.Module, labels: torch.Tensor) -> torch.Tensor:
     logits = output_layer(hidden).float()
@@ -31,7 +29,8 @@ def every_token_loss(hidden: torch.Tensor, output_layer: torch.nn.Module, labels
                            ignore_index=IGNORE_INDEX)
 
 
-def measure(size: str, tokens: int, supervised: float, ours: bool, device_name: str) -> Dict[str, float]:
+def measure(size: str, tokens: int, supervised: float, ours: bool, device_name: str,
+            steps: int) -> Dict[str, float]:
     device = torch.device(device_name)
     config = RELEASED_SHAPES[size]['shape'].llm_config
     torch.manual_seed(0)  # the output layer's initialisation
@@ -45,7 +44,7 @@ def measure(size: str, tokens: int, supervised: float, ours: bool, device_name: 
     labels = labels.to(device)
     before = peak_memory_gib(device)
     seconds = 0.0
-    for step in range(STEPS + 1):
+    for step in range(steps + 1):
         start = time.perf_counter()
         if ours:
             loss = causal_lm_loss(hidden, output_layer, labels)
@@ -57,7 +56,7 @@ def measure(size: str, tokens: int, supervised: float, ours: bool, device_name: 
             torch.cuda.synchronize(device)
         if step:  # the first step warms up
             seconds += time.perf_counter() - start
-    return {'loss': loss.item(), 'ms': seconds / STEPS * 1000, 'peak_gib': peak_memory_gib(device) - before}
+    return {'loss': loss.item(), 'ms': seconds / steps * 1000, 'peak_gib': peak_memory_gib(device) - before}
 
 
 def main() -> None:
@@ -66,10 +65,11 @@ def main() -> None:
     parser.add_argument('--tokens', type=int, default=4096)
     parser.add_argument('--supervised', type=float, default=0.103, help='share of tokens with a label')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--steps', type=int, default=3, help='timed steps, after one warm-up step')
     args = parser.parse_args()
     config = RELEASED_SHAPES[args.size]['shape'].llm_config
-    every = in_own_process(measure, args.size, args.tokens, args.supervised, False, args.device)
-    ours = in_own_process(measure, args.size, args.tokens, args.supervised, True, args.device)
+    every = in_own_process(measure, args.size, args.tokens, args.supervised, False, args.device, args.steps)
+    ours = in_own_process(measure, args.size, args.tokens, args.supervised, True, args.device, args.steps)
     print(f"{RELEASED_SHAPES[args.size]['model']} output layer ({config['hidden_size']} x {config['vocab_size']}, "
           f'bf16), {args.tokens} tokens, {args.supervised:.1%} supervised, {args.device}, torch {torch.__version__}')
     for name, result in (('logits for every token', every), ('logits where supervised', ours)):
