@@ -20,8 +20,10 @@ LLM_LORA_TARGETS: Dict[str, List[str]] = {
     'phi3': ['qkv_proj', 'o_proj', 'gate_up_proj', 'down_proj'],
 }
 # MoE experts held as 3-D parameters (GPT-OSS; Qwen3-MoE from transformers 5 on) take LoRA through peft's
-# `target_parameters`.
+# `target_parameters`, in place of the per-expert MLP modules (which peft would map to them again, with rank and
+# alpha patterns that match nothing and a warning each run).
 EXPERT_PARAMETERS = ['mlp.experts.gate_up_proj', 'mlp.experts.down_proj']
+EXPERT_MODULES = ('gate_proj', 'up_proj', 'down_proj')
 VISION_LORA_TARGETS = ['attn.qkv', 'attn.proj', 'mlp.fc1', 'mlp.fc2']
 # InternLM2 module names users know from the official scripts -> the Llama modules they became.
 INTERNLM2_MODULE_NAMES = {'wqkv': ['q_proj', 'k_proj', 'v_proj'], 'wo': ['o_proj'], 'w1': ['gate_proj'],
@@ -49,6 +51,7 @@ def build_lora_config(lora: Union[LoraConfig, Dict[str, Any]], default_targets: 
         config.target_modules = list(default_targets)
         if default_parameters and not config.target_parameters:
             config.target_parameters = list(default_parameters)
+            config.target_modules = [t for t in default_targets if t not in EXPERT_MODULES]
     elif family == 'internlm2' and not isinstance(targets, str):
         config.target_modules = sorted({m for t in targets for m in INTERNLM2_MODULE_NAMES.get(t, [t])})
     if config.target_parameters and config.lora_dropout:
