@@ -1,4 +1,8 @@
-"""Small builders shared by the tests: one image prompt and its batch."""
+"""Small builders shared by the tests: one image prompt and its batch, a checkpoint copy with an edited config."""
+import json
+import os
+import shutil
+
 import torch
 
 from internvl_plugin.model.checkpoint.load import img_context_token_id
@@ -38,3 +42,15 @@ def save_image(path, width: int, height: int, seed: int = 0) -> str:
 
 def qa(question: str = '<image>\nWhat is it?', answer: str = 'A cat.', **fields):
     return {**fields, 'conversations': [{'from': 'human', 'value': question}, {'from': 'gpt', 'value': answer}]}
+
+
+def copy_with_config(src, dst, edit) -> str:
+    """A copy of checkpoint folder `src` at `dst` whose config.json `edit` (a function of the dict) has changed."""
+    shutil.copytree(src, dst)
+    path = os.path.join(dst, 'config.json')
+    with open(path) as f:
+        config = json.load(f)
+    edit(config)
+    with open(path, 'w') as f:
+        json.dump(config, f)
+    return str(dst)

@@ -1,20 +1,11 @@
-import json
 import os
 import shutil
 
 import pytest
+from helpers import copy_with_config
 
 from internvl_plugin import InternVL_V1_5
 from internvl_plugin.files import resolve_model_path
-
-
-def copy_with_config(src, dst, edit):
-    shutil.copytree(src, dst)
-    path = os.path.join(dst, 'config.json')
-    config = json.load(open(path))
-    edit(config)
-    json.dump(config, open(path, 'w'))
-    return str(dst)
 
 
 def test_missing_folder(tmp_path):

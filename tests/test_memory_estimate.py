@@ -1,11 +1,9 @@
 """The memory estimate: the step under fake tensors equals the same step with real tensors at tiny sizes (against
 torch's own MemTracker where it can track the model), ZeRO's shares, the worst-case batch, the released shapes,
 a real-size config within a minute and without real memory, and the command line."""
-import json
 import os
 import re
 import resource
-import shutil
 import subprocess
 import sys
 
@@ -13,6 +11,7 @@ import pytest
 import torch
 from packaging.version import Version
 from conftest import HAS_CPU_4BIT, HAS_GPT_OSS, HAS_QWEN3, _version, needs_qwen3
+from helpers import copy_with_config
 from mmengine.optim import OptimWrapper
 from test_configs import RELEASED as CONFIG_MODELS
 
@@ -269,13 +268,8 @@ def test_the_routing_rule_gives_every_token_top_k_different_experts_and_each_exp
 def test_a_fake_model_built_with_one_expert_per_group_holds_the_tensors_of_every_expert(tiny_checkpoint, tmp_path):
     """QLoRA's per-expert layers are built one per group (moe_routing.representative_experts) and stacked group-size
     times: the same parameters and buffers, name by name (shape, dtype, trainability), as stacking all of them."""
-    folder = str(tmp_path / 'twenty-experts')
-    shutil.copytree(tiny_checkpoint('qwen3_moe'), folder)
-    with open(os.path.join(folder, 'config.json')) as f:
-        config = json.load(f)
-    config['llm_config']['num_experts'] = 20   # groups of 3, the last of 2
-    with open(os.path.join(folder, 'config.json'), 'w') as f:
-        json.dump(config, f)
+    folder = copy_with_config(tiny_checkpoint('qwen3_moe'), tmp_path / 'twenty-experts',
+                              lambda config: config['llm_config'].update(num_experts=20))   # groups of 3, the last of 2
     kwargs = dict(model_path=folder, torch_dtype='bfloat16', quantization_llm=True, **LORA)
     fake = build_fake_model(FakeFloatMode(), **kwargs)
     with torch.device('meta'):
