@@ -21,7 +21,7 @@ from internvl_plugin.memory.estimate import (GIB, ConfigModel, Estimate, Workloa
                                              read_zero_settings, recipe_defaults, table_row)
 from internvl_plugin.memory.moe_routing import balanced_choice, estimated_routing, representative_experts, stack_experts
 from internvl_plugin.memory.packed_4bit import Packed4bitLinear, nf4_bytes
-from internvl_plugin.memory.stacked_experts import StackedExperts
+from internvl_plugin.memory.stacked_experts import StackedExperts, group_sizes
 from internvl_plugin.memory.step import StepMemory, build_fake_model, measure_step, worst_case_batch
 from internvl_plugin.memory.tracking import FakeFloatMode
 from internvl_plugin.model.checkpoint.load import build_network
@@ -269,7 +269,7 @@ def test_a_fake_model_built_with_one_expert_per_group_holds_the_tensors_of_every
     """QLoRA's per-expert layers are built one per group (moe_routing.representative_experts) and stacked group-size
     times: the same parameters and buffers, name by name (shape, dtype, trainability), as stacking all of them."""
     folder = copy_with_config(tiny_checkpoint('qwen3_moe'), tmp_path / 'twenty-experts',
-                              lambda config: config['llm_config'].update(num_experts=20))   # groups of 3, the last of 2
+                              lambda config: config['llm_config'].update(num_experts=20))   # groups of 10, 5, 2 and 3
     kwargs = dict(model_path=folder, torch_dtype='bfloat16', quantization_llm=True, **LORA)
     fake = build_fake_model(FakeFloatMode(), **kwargs)
     with torch.device('meta'):
@@ -286,10 +286,11 @@ def test_a_fake_model_built_with_one_expert_per_group_holds_the_tensors_of_every
         with torch.device('meta'), representative_experts():
             held = InternVL_V1_5(random_init=True, **kwargs)
         experts = next(m for m in held.modules() if isinstance(m, ExpertLinears))
-        assert experts.num_experts == 20 and sum(key.isdigit() for key in experts._modules) == 7
+        assert experts.num_experts == 20 and sum(key.isdigit() for key in experts._modules) == 4
     stacked = [m for m in fake.modules() if isinstance(m, StackedExperts)]
     assert len(stacked) == layers and stacked[0].num_experts == 20
-    assert [group.up_proj.lora_A.shape[0] for group in stacked[0].groups] == [3] * 6 + [2]
+    assert [group.up_proj.lora_A.shape[0] for group in stacked[0].groups] == [10, 5, 2, 3]
+    assert group_sizes(128) == [64, 32, 16, 16] and group_sizes(1) == [1]
 
 
 @needs_qwen3
@@ -408,7 +409,7 @@ class _QuadraticAttention:
     def __init__(self):
         self.measured = []
 
-    def measure(self, workload):
+    def measure(self, workload, zero=None):
         self.measured.append(workload.max_length)
         if workload.max_length < 3328:
             raise ValueError(f'13 tiles take 3328 tokens, more than a {workload.max_length}-token sample holds')

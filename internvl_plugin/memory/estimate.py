@@ -218,10 +218,12 @@ class ConfigModel:
             else workload
         self.optim_wrapper = build_optim_wrapper(self.model, cfg.optim_wrapper)
 
-    def measure(self, workload: Workload) -> StepMemory:
+    def measure(self, workload: Workload, zero: Optional[ZeroSettings] = None) -> StepMemory:
+        """The step's memory; under ZeRO (stage 1 and up) without the config's optimizer step, which DeepSpeed's
+        replaces (per_gpu_memory computes its states)."""
         with estimated_routing(self.model):
             return measure_step(self.mode, self.model, self.optim_wrapper, workload.batch(self.model),
-                                workload.accumulative_counts)
+                                workload.accumulative_counts, optimizer_step=zero is None or zero.stage == 0)
 
     def close(self) -> None:
         self._folder.cleanup()
@@ -254,7 +256,7 @@ def largest_fitting(model: ConfigModel, first: Estimate, budget: int, tries: int
     (too long to fit, too short for the tiles: eager attention grows faster than the tokens) is halved between
     them instead. None when no measured candidate fits."""
     def measure(workload: Workload) -> int:
-        return sum(per_gpu_memory(model.measure(workload), first.gpus, first.zero).values())
+        return sum(per_gpu_memory(model.measure(workload, first.zero), first.gpus, first.zero).values())
 
     base = first.workload
     fixed = first.total - first.per_gpu['activations'] - first.per_gpu['logits / loss']
@@ -308,7 +310,7 @@ def estimate_config(config_path: str, gpus: Optional[int] = None, deepspeed: Opt
         raise ValueError(f'--gpus {gpus}: expected at least 1')
     model = model or ConfigModel(config_path, model_config)
     workload = workload or model.workload
-    step = model.measure(workload)
+    step = model.measure(workload, zero)
     return Estimate(config_path, model.name, workload, gpus, zero, per_gpu_memory(step, gpus, zero), step,
                     model.quantized)
 

@@ -7,11 +7,12 @@ The experts run as batched matmuls over all experts (the same tensors as their e
 small operations per step, which under fake tensors take minutes): transformers 5's 3-D experts here, per-expert
 layers (QLoRA's ExpertLinears, transformers 4's MoE block) as the StackedExperts the fake model holds instead.
 ExpertLinears are even built with one expert per group (`representative_experts`), which stack_experts stacks
-group-size times: peft then wraps 8 expert layers a projection, not 128.
+group-size times: peft then wraps 4 expert layers a projection, not 128.
 
 While the estimate runs, each MoE layer's forward is replaced by one that computes the same tensors of the same
 sizes (the router's logits and weights, transformers' one-hot expert mask, the experts' matmuls) with that routing."""
 from contextlib import contextmanager
+from itertools import accumulate
 from typing import Callable, Iterator, List, Tuple
 
 import torch
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.modeling.moe import ExpertLinears
-from .stacked_experts import StackedExperts, expert_slots, group_size
+from .stacked_experts import StackedExperts, expert_slots, group_of_expert, group_sizes
 
 try:
     from transformers.models.qwen3_moe import modeling_qwen3_moe
@@ -108,8 +109,8 @@ def representative_experts() -> Iterator[None]:
     original = ExpertLinears.__init__
 
     def build(self: ExpertLinears, gate_up: torch.Tensor, down: torch.Tensor, act_fn: nn.Module) -> None:
-        stride = group_size(gate_up.shape[0])
-        original(self, gate_up[::stride], down[::stride], act_fn)
+        starts = [0, *accumulate(group_sizes(gate_up.shape[0])[:-1])]
+        original(self, gate_up[starts], down[starts], act_fn)
         self.num_experts = gate_up.shape[0]
 
     ExpertLinears.__init__ = build
@@ -127,8 +128,9 @@ def stack_experts(model: nn.Module) -> int:
     for name, module in model.named_modules():
         if isinstance(module, ExpertLinears):
             held = [module._modules[str(i)] for i in range(sum(key.isdigit() for key in module._modules))]
-            stride = 1 if len(held) == module.num_experts else group_size(module.num_experts)
-            experts, act_fn = [held[i // stride] for i in range(module.num_experts)], module.act_fn
+            group = list(range(module.num_experts)) if len(held) == module.num_experts \
+                else group_of_expert(module.num_experts)
+            experts, act_fn = [held[g] for g in group], module.act_fn
         elif modeling_qwen3_moe is not None and isinstance(module, modeling_qwen3_moe.Qwen3MoeSparseMoeBlock) \
                 and isinstance(module.experts, nn.ModuleList):
             name, experts, act_fn = f'{name}.experts', list(module.experts), module.experts[0].act_fn

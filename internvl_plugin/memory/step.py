@@ -132,13 +132,16 @@ def _largest_module_bytes(model: torch.nn.Module) -> int:
 
 def measure_step(mode: Optional[FakeFloatMode], model: InternVL_V1_5, optim_wrapper: Any, batch: Dict[str, Any],
                  accumulative_counts: int, held: Sequence[torch.Tensor] = (),
-                 on_start: Optional[Callable[[], None]] = None) -> StepMemory:
+                 on_start: Optional[Callable[[], None]] = None, optimizer_step: bool = True) -> StepMemory:
     """The peak of a step after the first (`optim_wrapper`: the config's, built for `model`; `mode` None: real
     tensors): the optimizer states exist, and with gradient accumulation the previous micro-batch's gradients too.
     They are made by one optimizer step on zero gradients, which allocates what a first training step leaves behind.
     Clipping and AdamW run their foreach (multi-tensor) versions, torch's default on a GPU. `held`: tensors the
     model keeps besides its parameters and buffers (bitsandbytes' quantisation statistics of a real 4-bit model);
-    `on_start` is called where the measured step starts (to reset a device's own peak statistics)."""
+    `on_start` is called where the measured step starts (to reset a device's own peak statistics).
+    `optimizer_step` False leaves out the optimizer's steps and clipping, where DeepSpeed's optimizer replaces the
+    config's and its states are computed from the sizes (estimate.per_gpu_memory): their measurement would be read
+    by nothing, and with thousands of LoRA tensors (the MoE configs) they took a fifth of the step's time."""
     started = time.perf_counter()
     tracker = StorageTracker(logits_width=model.model.language_model.get_output_embeddings().out_features)
     params = list(model.parameters())
@@ -156,8 +159,9 @@ def measure_step(mode: Optional[FakeFloatMode], model: InternVL_V1_5, optim_wrap
         with tracker.counting_as('gradients'):
             for param in trainable:
                 param.grad = torch.zeros_like(param)
-        with tracker.counting_as('optimizer states'):
-            optimizer.step()
+        if optimizer_step:
+            with tracker.counting_as('optimizer states'):
+                optimizer.step()
         if accumulative_counts == 1:
             optimizer.zero_grad(set_to_none=True)
         hooks = tracker.track_gradients(trainable)
@@ -168,10 +172,11 @@ def measure_step(mode: Optional[FakeFloatMode], model: InternVL_V1_5, optim_wrap
         loss = model(**data, mode='loss')['loss']
         loss.backward()
         del loss, data
-        with tracker.counting_as('optimizer states'):
-            if clip:
-                torch.nn.utils.clip_grad_norm_(trainable, **{'foreach': True, **clip})
-            optimizer.step()
+        if optimizer_step:
+            with tracker.counting_as('optimizer states'):
+                if clip:
+                    torch.nn.utils.clip_grad_norm_(trainable, **{'foreach': True, **clip})
+                optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         for hook in hooks:
             hook.remove()
