@@ -43,6 +43,14 @@ def group_of_expert(num_experts: int) -> List[int]:
     return [group for group, size in enumerate(group_sizes(num_experts)) for _ in range(size)]
 
 
+def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """torch.stack; meta tensors (the estimate's model before its weights are made fake) have nothing to copy, and
+    stacking them went through Python reference kernels: seconds for the 1,128 projections of InternVL3.5-241B."""
+    if tensors[0].is_meta:
+        return tensors[0].new_empty((len(tensors), *tensors[0].shape))
+    return torch.stack(tensors)
+
+
 class _DequantizedStackedMatmul(torch.autograd.Function):
     """Each expert's x @ W^T with W dequantised for the matmul only (one expert's weight at a time, as the loop),
     in forward and again in backward; only x's gradient."""
@@ -80,9 +88,9 @@ class StackedProjection(nn.Module, BaseTunerLayer):
         self.quantized = isinstance(bases[0], Packed4bitLinear)
         # Not `weight`: peft's tuner layers answer that with their base layer's. 4-bit codes as they are.
         weights = [base.weight if self.quantized else base.weight.t() for base in bases]
-        self.stacked_weight = nn.Parameter(torch.stack(weights), requires_grad=bases[0].weight.requires_grad)
+        self.stacked_weight = nn.Parameter(_stack(weights), requires_grad=bases[0].weight.requires_grad)
         if self.quantized:
-            self.register_buffer('stacked_statistics', torch.stack([base.statistics for base in bases]))
+            self.register_buffer('stacked_statistics', _stack([base.statistics for base in bases]))
         self.lora_A = self.lora_B = None
         if all(tuned):
             adapters = layers[0].active_adapters
@@ -91,8 +99,8 @@ class StackedProjection(nn.Module, BaseTunerLayer):
             name = adapters[0]
             a = [layer.lora_A[name].weight for layer in layers]
             b = [layer.lora_B[name].weight for layer in layers]
-            self.lora_A = nn.Parameter(torch.stack([w.t() for w in a]), requires_grad=a[0].requires_grad)
-            self.lora_B = nn.Parameter(torch.stack([w.t() for w in b]), requires_grad=b[0].requires_grad)
+            self.lora_A = nn.Parameter(_stack([w.t() for w in a]), requires_grad=a[0].requires_grad)
+            self.lora_B = nn.Parameter(_stack([w.t() for w in b]), requires_grad=b[0].requires_grad)
             self.dropout = layers[0].lora_dropout[name]
             self.scaling = layers[0].scaling[name]
 

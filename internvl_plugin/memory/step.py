@@ -4,7 +4,6 @@ The step is the one `xtuner train` runs: the model's data preprocessor and loss 
 gradient clipping and optimizer step, measured as every step after the first runs (see measure_step).
 """
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -151,7 +150,7 @@ def measure_step(mode: Optional[FakeFloatMode], model: InternVL_V1_5, optim_wrap
         if group.get('foreach') is None:
             group['foreach'] = True
     model.train()
-    with mode or nullcontext(), tracker:
+    with tracker if mode is None else mode.reporting_to(tracker):
         for tensor in [*params, *model.buffers(), *held]:
             tracker.track(tensor, 'parameters')
         for tensor in batch['data'].values():   # on the GPU with the step
