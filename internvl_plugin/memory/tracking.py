@@ -87,9 +87,9 @@ class FakeFloatMode(TorchDispatchMode):
         if func in _INDEX_OPS and any(_real_bool(i) for i in args[1]):
             args = (args[0], _positions(args[1]), *args[2:])
         elif func is aten.masked_select.default and _real_bool(args[1]):
-            with no_dispatch():
-                mask = args[1].expand(torch.broadcast_shapes(args[0].shape, args[1].shape))
-            return self._run(aten.index.Tensor, (args[0].expand(mask.shape), [mask]), {})
+            shape = list(torch.broadcast_shapes(args[0].shape, args[1].shape))
+            source, mask = (self._run(aten.expand.default, (tensor, shape), {}) for tensor in args[:2])
+            return self._run(aten.index.Tensor, (source, [mask]), {})
         leaves = tree_leaves((args, kwargs))
         if any(isinstance(t, FakeTensor) for t in leaves):
             if any(isinstance(t, torch.Tensor) and not isinstance(t, FakeTensor) for t in leaves):
