@@ -9,8 +9,8 @@
 #     --deepspeed deepspeed_zero3
 # With fewer GPUs raise accumulative_counts, so that the global batch (and so the lr) stays as it is.
 # Will the default batch fit on 80 GB (tools/estimate_memory.py, worst case)?
-#   No: about 96 GiB per GPU on 8 GPUs (the ZeRO-3 share of 470 GB of bf16 weights is 55 GiB, plus the LoRA
-#   experts' states); no batch fits 8 GPUs. On 16 GPUs (--gpus 16) the default batch needs 63.4 GiB.
+#   No: about 93 GiB per GPU on 8 GPUs (the ZeRO-3 share of 470 GB of bf16 weights is 55 GiB, plus the LoRA
+#   experts' states); on 8 GPUs rows of 6144 tokens fit. On 16 GPUs (--gpus 16) the default batch needs 61.7 GiB.
 from mmengine.config import read_base
 from mmengine.optim import OptimWrapper
 from xtuner.dataset.samplers import LengthGroupedSampler

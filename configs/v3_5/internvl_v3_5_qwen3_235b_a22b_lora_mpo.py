@@ -7,7 +7,7 @@
 # The official loss, beta and global batch; the lr is 10x the official full-MPO lr (our choice: there is no
 # official LoRA MPO recipe, and LoRA moves less per step).
 # 32 GPUs x 1 pair x 8 accumulation steps = global batch 256, DeepSpeed ZeRO-3 (on 16 GPUs the bf16 weights
-# alone take 33 GiB of each and a pair needs about 86 GiB: tools/estimate_memory.py):
+# alone take 33 GiB of each and a pair needs about 84 GiB: tools/estimate_memory.py):
 #   NNODES=4 NODE_RANK=<0..3> ADDR=<first node> PORT=29500 NPROC_PER_NODE=8 \
 #     xtuner train configs/v3_5/internvl_v3_5_qwen3_235b_a22b_lora_mpo.py --deepspeed deepspeed_zero3
 # With fewer GPUs raise accumulative_counts, so that the global batch (and so the lr) stays as it is.
