@@ -137,6 +137,23 @@ def test_zero_stages_partition_the_measured_sizes(zero, gpus, expected):
                                      'logits / loss')) == expected
 
 
+def test_under_zero_the_step_without_the_optimizer_gives_every_stage_the_same_estimate(tiny_checkpoint):
+    """DeepSpeed's optimizer replaces the config's and its states are computed, so under ZeRO the estimate leaves
+    the config's optimizer step out (measure_step's optimizer_step): no ZeRO number moves, while the step's own
+    peak (what no DeepSpeed reads) loses its optimizer states."""
+    steps = []
+    for optimizer_step in (True, False):
+        mode = FakeFloatMode()
+        model = build_fake_model(mode, model_path=tiny_checkpoint('qwen2'), torch_dtype='float32', **LORA)
+        steps.append(measure_step(mode, model, _optim_wrapper(model), worst_case_batch(model, *WORKLOADS['unpacked']),
+                                  2, optimizer_step=optimizer_step))
+    stepped, left_out = steps
+    for stage in (1, 2, 3):
+        zero = ZeroSettings(f'z{stage}', stage)
+        assert per_gpu_memory(left_out, 4, zero) == per_gpu_memory(stepped, 4, zero)
+    assert stepped.peak['optimizer states'] > 0 and left_out.peak['optimizer states'] == 0
+
+
 def test_deepspeed_names_are_read_from_xtuners_json_files(tmp_path):
     assert [read_zero_settings(f'deepspeed_zero{k}').stage for k in (1, 2, 3)] == [1, 2, 3]
     offload = read_zero_settings('deepspeed_zero3_offload')
