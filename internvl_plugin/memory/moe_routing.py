@@ -12,7 +12,6 @@ group-size times: peft then wraps 4 expert layers a projection, not 128.
 While the estimate runs, each MoE layer's forward is replaced by one that computes the same tensors of the same
 sizes (the router's logits and weights, transformers' one-hot expert mask, the experts' matmuls) with that routing."""
 from contextlib import contextmanager
-from itertools import accumulate
 from typing import Callable, Iterator, List, Tuple
 
 import torch
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.modeling.moe import ExpertLinears
-from .stacked_experts import StackedExperts, expert_slots, group_of_expert, group_sizes
+from .stacked_experts import StackedExperts, expert_slots, group_of_expert, group_starts
 
 try:
     from transformers.models.qwen3_moe import modeling_qwen3_moe
@@ -109,7 +108,7 @@ def representative_experts() -> Iterator[None]:
     original = ExpertLinears.__init__
 
     def build(self: ExpertLinears, gate_up: torch.Tensor, down: torch.Tensor, act_fn: nn.Module) -> None:
-        starts = [0, *accumulate(group_sizes(gate_up.shape[0])[:-1])]
+        starts = group_starts(gate_up.shape[0])
         original(self, gate_up[starts], down[starts], act_fn)
         self.num_experts = gate_up.shape[0]
 

@@ -9,6 +9,7 @@ group in batched matmuls with the tensors of the per-expert loop: one expert's d
 LoRA input cast to the adapters' dtype, dropout, and each token's slots among the experts (balanced over them, as
 moe_routing.py routes transformers 5's 3-D experts).
 """
+from itertools import accumulate
 from typing import List, Sequence
 
 import torch
@@ -36,6 +37,11 @@ def group_sizes(num_experts: int) -> List[int]:
         sizes.append(left // 2)
         left -= left // 2
     return sizes + ([left - smallest, smallest] if left > smallest else [left])
+
+
+def group_starts(num_experts: int) -> List[int]:
+    """Each group's first expert."""
+    return [0, *accumulate(group_sizes(num_experts)[:-1])]
 
 
 def group_of_expert(num_experts: int) -> List[int]:
@@ -126,13 +132,11 @@ class StackedExperts(nn.Module):
         super().__init__()
         self.num_experts = len(experts)
         self.groups = nn.ModuleList()
-        start = 0
-        for size in group_sizes(self.num_experts):
+        for start, size in zip(group_starts(self.num_experts), group_sizes(self.num_experts)):
             group = nn.Module()
             for name in PROJECTIONS:
                 group.add_module(name, StackedProjection([getattr(e, name) for e in experts[start:start + size]]))
             self.groups.append(group)
-            start += size
         self.act_fn = act_fn
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
