@@ -4,8 +4,9 @@ The step is the one `xtuner train` runs: the model's data preprocessor and loss 
 gradient clipping and optimizer step, measured as every step after the first runs (see measure_step).
 """
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -123,6 +124,27 @@ def build_fake_model(mode: FakeFloatMode, model_class: type = InternVL_V1_5, **m
     return model
 
 
+def _fused_dropout(module: nn.Dropout) -> Callable[[torch.Tensor], torch.Tensor]:
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.native_dropout(x, module.p, True)[0] if module.training else x
+    return forward
+
+
+@contextmanager
+def dropout_as_on_a_gpu(model: nn.Module) -> Iterator[None]:
+    """Dropout layers run the kernel a GPU runs (`native_dropout`), on any device. It saves a one-byte mask for
+    backward; the CPU's own dropout saves its noise in the input's dtype, four bytes an element for LoRA's fp32
+    input, and takes four operations where the GPU's takes one."""
+    replaced = [m for m in model.modules() if isinstance(m, nn.Dropout) and 0 < m.p < 1 and not m.inplace]
+    for module in replaced:
+        module.forward = _fused_dropout(module)
+    try:
+        yield
+    finally:
+        for module in replaced:
+            del module.forward
+
+
 def _largest_module_bytes(model: torch.nn.Module) -> int:
     """The bytes of the largest module's own parameters (a StackedExperts projection: of one expert's)."""
     return max(sum(p.untyped_storage().nbytes() for p in module.parameters(recurse=False)) //
@@ -137,7 +159,8 @@ def measure_step(mode: Optional[FakeFloatMode], model: InternVL_V1_5, optim_wrap
     They are made by one optimizer step on zero gradients, which allocates what a first training step leaves behind.
     Clipping and AdamW run their foreach (multi-tensor) versions, torch's default on a GPU. `held`: tensors the
     model keeps besides its parameters and buffers (bitsandbytes' quantisation statistics of a real 4-bit model);
-    `on_start` is called where the measured step starts (to reset a device's own peak statistics).
+    `on_start` is called where the measured step starts (to reset a device's own peak statistics). Dropout runs as
+    on a GPU (dropout_as_on_a_gpu), whatever the device.
     `optimizer_step` False leaves out the optimizer's steps and clipping, where DeepSpeed's optimizer replaces the
     config's and its states are computed from the sizes (estimate.per_gpu_memory): their measurement would be read
     by nothing, and with thousands of LoRA tensors (the MoE configs) they took a fifth of the step's time."""
@@ -150,7 +173,7 @@ def measure_step(mode: Optional[FakeFloatMode], model: InternVL_V1_5, optim_wrap
         if group.get('foreach') is None:
             group['foreach'] = True
     model.train()
-    with tracker if mode is None else mode.reporting_to(tracker):
+    with dropout_as_on_a_gpu(model), tracker if mode is None else mode.reporting_to(tracker):
         for tensor in [*params, *model.buffers(), *held]:
             tracker.track(tensor, 'parameters')
         for tensor in batch['data'].values():   # on the GPU with the step
