@@ -22,8 +22,9 @@ from internvl_plugin.memory.estimate import (GIB, ConfigModel, Estimate, Workloa
 from internvl_plugin.memory.moe_routing import balanced_choice, estimated_routing, representative_experts, stack_experts
 from internvl_plugin.memory.packed_4bit import Packed4bitLinear, nf4_bytes
 from internvl_plugin.memory.stacked_experts import StackedExperts, group_sizes
-from internvl_plugin.memory.step import StepMemory, build_fake_model, measure_step, worst_case_batch
-from internvl_plugin.memory.tracking import FakeFloatMode
+from internvl_plugin.memory.step import (StepMemory, build_fake_model, dropout_as_on_a_gpu, measure_step,
+                                         worst_case_batch)
+from internvl_plugin.memory.tracking import FakeFloatMode, StorageTracker
 from internvl_plugin.model.checkpoint.load import build_network
 from internvl_plugin.model.modeling.moe import ExpertLinears, run_experts
 from internvl_plugin.released import RELEASED, RELEASED_PARTS
@@ -121,6 +122,29 @@ STEP = StepMemory(peak={'parameters': 1000, 'gradients': 400, 'optimizer states'
                                   'logits / loss': 700},
                   parameter_bytes=1000, trainable_parameters=200, trainable_bytes=400, largest_module_bytes=100,
                   seconds=0.0)
+
+
+def test_dropout_keeps_the_one_byte_mask_a_gpu_keeps():
+    """Inside the step dropout saves what CUDA's kernel saves for backward, a bool mask beside its output, where
+    the CPU's own keeps its noise in the input's dtype; outside, the layer is its own again."""
+    layer = torch.nn.Dropout(0.25)
+    x = torch.randn(1000, requires_grad=True)
+    kept = {}
+    for on_gpu in (False, True):
+        with StorageTracker() as tracker:
+            if on_gpu:
+                with dropout_as_on_a_gpu(layer):
+                    y = layer(x)
+            else:
+                y = layer(x)
+        kept[on_gpu] = tracker.totals['activations']
+        assert 650 < int((y != 0).sum()) < 850
+        del y
+    assert kept == {False: 1000 * 4 + 1000 * 4, True: 1000 * 4 + 1000 * 1}
+    assert 'forward' not in vars(layer)
+    layer.eval()
+    with dropout_as_on_a_gpu(layer):
+        assert layer(x) is x
 
 
 @pytest.mark.parametrize('zero, gpus, expected', [
