@@ -16,6 +16,7 @@ from mmengine.optim import OptimWrapper
 from test_configs import RELEASED as CONFIG_MODELS
 
 from internvl_plugin import InternVL_V1_5, InternVLAdamW
+from internvl_plugin.memory.fake_outputs import OutputMemo
 from internvl_plugin.memory.estimate import (GIB, ConfigModel, Estimate, Workload, ZeroSettings, estimate_config,
                                              largest_fitting, model_arguments, per_gpu_memory, read_workload,
                                              read_zero_settings, recipe_defaults, table_row)
@@ -332,6 +333,42 @@ def test_a_fake_model_built_with_one_expert_per_group_holds_the_tensors_of_every
     assert len(stacked) == layers and stacked[0].num_experts == 20
     assert [group.up_proj.lora_A.shape[0] for group in stacked[0].groups] == [10, 5, 2, 3]
     assert group_sizes(128) == [64, 32, 16, 16] and group_sizes(1) == [1]
+
+
+def test_remembered_fake_outputs_are_the_fake_modes_own():
+    """A second call of an operation on inputs of the same metadata is answered from memory with what the fake mode
+    answers: new storages where it makes new ones, views on the input's storage, the input itself in place; an
+    operation that changes its input's shape is asked of the fake mode every time."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+    aten = torch.ops.aten
+    fake = FakeTensorMode()
+    memo = OutputMemo(fake)
+    with fake:
+        x, w = torch.empty(4, 6), torch.empty(6, 3)
+        cases = [(aten.mm.default, (x, w), {}), (aten.t.default, (x,), {}), (aten.add_.Tensor, (x, x), {}),
+                 (aten.native_dropout.default, (x, 0.5, True), {}), (aten.split.Tensor, (x, 2), {}),
+                 (aten._to_copy.default, (x,), {'dtype': torch.bfloat16}), (aten.mul.Tensor, (x, 2), {})]
+        for func, args, kwargs in cases:
+            expected = func(*args, **kwargs)
+            memo.run(func, args, kwargs)
+            again = memo.run(func, args, kwargs)
+            assert type(again) is type(expected)
+            pairs = list(zip(expected, again)) if isinstance(expected, (list, tuple)) else [(expected, again)]
+            for want, got in pairs:
+                assert isinstance(got, FakeTensor) and got.fake_device == want.fake_device
+                assert (got.shape, got.stride(), got.storage_offset(), got.dtype) == \
+                    (want.shape, want.stride(), want.storage_offset(), want.dtype)
+                shares = got.untyped_storage()._cdata == x.untyped_storage()._cdata
+                assert shares == (want.untyped_storage()._cdata == x.untyped_storage()._cdata)
+                assert (got is x) == (want is x)
+                if not shares:
+                    assert got.untyped_storage().nbytes() == want.untyped_storage().nbytes()
+                    assert got.untyped_storage()._cdata != want.untyped_storage()._cdata
+        assert sum(plan is not None for plan in memo.plans.values()) == len(cases)
+        y = torch.empty(4, 6)
+        for _ in range(3):
+            memo.run(aten.t_.default, (y,), {})
+        assert y.shape == (6, 4)   # remembered as "returns its input", the third call would have left (4, 6)
 
 
 @needs_qwen3

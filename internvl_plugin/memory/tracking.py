@@ -19,11 +19,13 @@ from torch.utils._mode_utils import no_dispatch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map_only
 
+from .fake_outputs import OutputMemo, tensor_arguments
+
 aten = torch.ops.aten
 CATEGORIES = ('parameters', 'gradients', 'optimizer states', 'activations', 'logits / loss')
 TRANSIENT = ('activations', 'logits / loss')
 REAL_NUMEL_LIMIT = 2 ** 24   # larger integer / boolean results stay fake too (4-bit weights, attention masks)
-_DEVICE = torch.ops.prim.device.default   # asked for every fake tensor of every op: passed straight on
+_DEVICE = torch.ops.prim.device.default   # asked for every fake tensor of every op
 _INDEX_OPS = (aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._index_put_impl_.default)
 
 
@@ -49,12 +51,13 @@ class FakeFloatMode(TorchDispatchMode):
 
     Entering it enters its fake mode too, beneath it: operations it passes on reach the fake mode, and those it
     computes run with no mode (`no_dispatch`). Entering the fake mode for each operation instead took a fifth of
-    the step's time. Under `reporting_to` it tells a StorageTracker what each operation returns, one Python mode
+    the step's time. Operations on fake tensors are answered from an OutputMemo (fake_outputs.py) where it can. Under `reporting_to` it tells a StorageTracker what each operation returns, one Python mode
     for each operation where a tracker of its own would be a second."""
 
     def __init__(self):
         super().__init__()
         self.fake = FakeTensorMode(allow_non_fake_inputs=True)
+        self.outputs = OutputMemo(self.fake)
         self.tracker: Optional['StorageTracker'] = None
 
     @contextmanager
@@ -76,7 +79,10 @@ class FakeFloatMode(TorchDispatchMode):
         self.fake.__exit__(*exc_info)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is _DEVICE:
+        if func is _DEVICE:   # asked of fake tensors more often than all operations together: answered here
+            tensor = args[0]
+            if isinstance(tensor, FakeTensor) and not tensor.fake_mode.in_kernel_invocation:
+                return tensor.fake_device
             return func(*args, **(kwargs or {}))
         out = self._run(func, args, kwargs or {})
         if self.tracker is not None:
@@ -90,11 +96,11 @@ class FakeFloatMode(TorchDispatchMode):
             shape = list(torch.broadcast_shapes(args[0].shape, args[1].shape))
             source, mask = (self._run(aten.expand.default, (tensor, shape), {}) for tensor in args[:2])
             return self._run(aten.index.Tensor, (source, [mask]), {})
-        leaves = tree_leaves((args, kwargs))
-        if any(isinstance(t, FakeTensor) for t in leaves):
-            if any(isinstance(t, torch.Tensor) and not isinstance(t, FakeTensor) for t in leaves):
+        tensors = tensor_arguments(args, kwargs)
+        if any(isinstance(t, FakeTensor) for t in tensors):
+            if not all(isinstance(t, FakeTensor) for t in tensors):
                 args, kwargs = tree_map_only(torch.Tensor, self._as_fake, (args, kwargs))
-            return func(*args, **kwargs)
+            return self.outputs.run(func, args, kwargs)
         if func.is_view:   # a view of real tensors: their storage, nothing new to make fake
             with no_dispatch():
                 return func(*args, **kwargs)
@@ -140,10 +146,14 @@ class StorageTracker(TorchDispatchMode):
         return out
 
     def track_outputs(self, out: Any) -> None:
-        """Tracks every tensor an operation returned."""
-        for tensor in tree_leaves(out):
-            if isinstance(tensor, torch.Tensor):
-                self.track(tensor)
+        """Tracks every tensor an operation returned (an aten operation returns a tensor or a list or tuple of
+        them, if any)."""
+        if isinstance(out, torch.Tensor):
+            self.track(out)
+        elif isinstance(out, (list, tuple)):
+            for tensor in out:
+                if isinstance(tensor, torch.Tensor):
+                    self.track(tensor)
 
     def track(self, tensor: torch.Tensor, category: Optional[str] = None) -> None:
         """Counts the tensor's storage from now until it is freed (once, however many tensors view it)."""
