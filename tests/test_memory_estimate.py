@@ -16,10 +16,10 @@ from mmengine.optim import OptimWrapper
 from test_configs import RELEASED as CONFIG_MODELS
 
 from internvl_plugin import InternVL_V1_5, InternVLAdamW
-from internvl_plugin.memory.fake_outputs import OutputMemo
 from internvl_plugin.memory.estimate import (GIB, ConfigModel, Estimate, Workload, ZeroSettings, estimate_config,
                                              largest_fitting, model_arguments, per_gpu_memory, read_workload,
                                              read_zero_settings, recipe_defaults, table_row)
+from internvl_plugin.memory.fake_outputs import OutputMemo
 from internvl_plugin.memory.moe_routing import balanced_choice, estimated_routing, representative_experts, stack_experts
 from internvl_plugin.memory.packed_4bit import Packed4bitLinear, nf4_bytes
 from internvl_plugin.memory.stacked_experts import StackedExperts, group_sizes

@@ -117,8 +117,7 @@ class OutputMemo:
         return plans
 
     def _output(self, plan: Plan, inputs: Sequence[FakeTensor]) -> Optional[FakeTensor]:
-        """A new fake tensor as the fake mode's cache makes one: a meta tensor (on the input's storage for a view)
-        under the fake mode's kernel invocation, wrapped."""
+        """The output `plan` describes: an input, None, or a new fake tensor (on an input's storage for a view)."""
         kind = plan[0]
         if kind == _INPUT:
             return inputs[plan[1]]
@@ -129,9 +128,17 @@ class OutputMemo:
             with in_kernel_invocation_manager(self.fake):
                 meta = torch.empty((0,), dtype=dtype, device='meta')
                 meta.set_(inputs[source].untyped_storage(), offset, shape, stride)
-        else:
-            _, shape, stride, _, dtype, requires_grad, device = plan
-            with in_kernel_invocation_manager(self.fake):
-                meta = torch.empty_strided(shape, stride, dtype=dtype, device='meta')
-        meta.requires_grad_(requires_grad)
-        return FakeTensor(self.fake, meta, device)
+            meta.requires_grad_(requires_grad)
+            return FakeTensor(self.fake, meta, device)
+        _, shape, stride, _, dtype, requires_grad, device = plan
+        return new_fake(self.fake, shape, stride, dtype, device, requires_grad)
+
+
+def new_fake(fake: FakeTensorMode, shape: Sequence[int], stride: Sequence[int], dtype: torch.dtype,
+             device: torch.device, requires_grad: bool = False) -> FakeTensor:
+    """A fake tensor of its own storage, as the fake mode's cache makes one: a meta tensor made under the fake
+    mode's kernel invocation, wrapped."""
+    with in_kernel_invocation_manager(fake):
+        meta = torch.empty_strided(shape, stride, dtype=dtype, device='meta')
+    meta.requires_grad_(requires_grad)
+    return FakeTensor(fake, meta, device)
