@@ -4,8 +4,8 @@
 # DeepSpeed ZeRO-2 for bf16 mixed precision (one process; ZeRO-3 cannot shard 4-bit weights):
 #   xtuner train configs/v3/internvl_v3_qwen2_5_32b_qlora_finetune.py --deepspeed deepspeed_zero2
 # Will the default batch fit on 80 GB (tools/estimate_memory.py, worst case)?
-#   Only just: about 79 GiB of 80 (tight); batch_size = 1
-#   with accumulative_counts = 16 leaves room.
+#   Yes: about 74 GiB of 80; batch_size = 1
+#   with accumulative_counts = 16 leaves more room.
 from mmengine.config import read_base
 from mmengine.optim import OptimWrapper
 from xtuner.dataset.samplers import LengthGroupedSampler

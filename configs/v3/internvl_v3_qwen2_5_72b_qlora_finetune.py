@@ -4,7 +4,7 @@
 # DeepSpeed ZeRO-2 for bf16 mixed precision (one process; ZeRO-3 cannot shard 4-bit weights):
 #   xtuner train configs/v3/internvl_v3_qwen2_5_72b_qlora_finetune.py --deepspeed deepspeed_zero2
 # Will the default batch fit on 80 GB (tools/estimate_memory.py, worst case)?
-#   No: about 91 GiB; max_length = 11264 fits (or the LoRA
+#   No: about 87 GiB; max_length = 12288 fits (or the LoRA
 #   config on more GPUs).
 from mmengine.config import read_base
 from mmengine.optim import OptimWrapper

@@ -6,8 +6,8 @@
 # mixed precision (one process; ZeRO-3 cannot shard 4-bit weights):
 #   xtuner train configs/v3/internvl_v3_qwen2_5_72b_qlora_mpo.py --deepspeed deepspeed_zero2
 # Will the default batch fit on 80 GB (tools/estimate_memory.py, worst case)?
-#   No: about 90.9 GiB (the 4-bit 72B LLM and the ViT-6B take 48.7); it fits a 141 GB GPU.
-#   On 80 GB set max_length = 5120 (pairs of 2 x 5120 tokens fit), or train the LoRA config.
+#   No: about 87.3 GiB (the 4-bit 72B LLM and the ViT-6B take 48.7); it fits a 141 GB GPU.
+#   On 80 GB set max_length = 6144 (pairs of 2 x 6144 tokens fit), or train the LoRA config.
 # With fewer GPUs raise accumulative_counts, so that the global batch (and so the lr) stays as it is.
 # Data: the official MMPR format, a meta JSON whose JSONL lines hold question / chosen / rejected
 # (README, "Preference training (MPO / DPO)").

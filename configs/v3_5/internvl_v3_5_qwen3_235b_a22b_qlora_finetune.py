@@ -9,7 +9,7 @@
 # DeepSpeed ZeRO-2 for bf16 mixed precision (one process; ZeRO-3 cannot shard 4-bit weights):
 #   xtuner train configs/v3_5/internvl_v3_5_qwen3_235b_a22b_qlora_finetune.py --deepspeed deepspeed_zero2
 # Will the default batch fit (tools/estimate_memory.py, worst case)?
-#   No, not even on a 141 GB GPU: about 214 GiB. The 4-bit weights and the ViT take 134 GiB, and LoRA on all
+#   No, not even on a 141 GB GPU: about 209 GiB. The 4-bit weights and the ViT take 134 GiB, and LoRA on all
 #   12,032 experts trains 3.3B parameters, whose gradients and Adam states take 49 GiB. No batch fits 80 GB.
 from mmengine.config import read_base
 from mmengine.optim import OptimWrapper

@@ -12,7 +12,7 @@
 #   xtuner train configs/v3_5/internvl_v3_5_qwen3_235b_a22b_qlora_mpo.py --deepspeed deepspeed_zero2
 # With fewer GPUs raise accumulative_counts, so that the global batch (and so the lr) stays as it is.
 # Will the default batch fit (tools/estimate_memory.py, worst case)?
-#   No, not even on a 141 GB GPU: about 245 GiB. The 4-bit weights and the ViT take 134 GiB, and LoRA on all
+#   No, not even on a 141 GB GPU: about 236 GiB. The 4-bit weights and the ViT take 134 GiB, and LoRA on all
 #   12,032 experts trains 3.3B parameters, whose gradients and Adam states take 49 GiB. No batch fits 80 GB:
 #   train the LoRA config on 32 GPUs.
 # Data: the official MMPR format, a meta JSON whose JSONL lines hold question / chosen / rejected

@@ -6,7 +6,7 @@
 #     --deepspeed deepspeed_zero3
 # With fewer GPUs raise accumulative_counts, so that the global batch (and so the lr) stays as it is.
 # Will the default batch fit on 80 GB (tools/estimate_memory.py, worst case)?
-#   No: about 88 GiB per GPU; batch_size = 1 with
+#   No: about 83 GiB per GPU; batch_size = 1 with
 #   accumulative_counts = 8 (the same global batch) fits.
 from mmengine.config import read_base
 from mmengine.optim import OptimWrapper

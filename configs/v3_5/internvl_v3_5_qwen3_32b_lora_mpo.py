@@ -3,7 +3,7 @@
 # reference model is the same network with its adapters disabled (no second copy of the weights).
 # The official loss, beta and global batch; the lr is 10x the official full-MPO lr (our choice: there is no
 # official LoRA MPO recipe, and LoRA moves less per step).
-# 4 GPUs x 1 pair x 64 accumulation steps = global batch 256, DeepSpeed ZeRO-3 (2 GPUs need 89.3 GiB each,
+# 4 GPUs x 1 pair x 64 accumulation steps = global batch 256, DeepSpeed ZeRO-3 (2 GPUs need 83.8 GiB each,
 # tools/estimate_memory.py):
 #   NPROC_PER_NODE=4 xtuner train configs/v3_5/internvl_v3_5_qwen3_32b_lora_mpo.py \
 #     --deepspeed deepspeed_zero3

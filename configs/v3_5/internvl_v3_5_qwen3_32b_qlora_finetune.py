@@ -4,8 +4,8 @@
 # DeepSpeed ZeRO-2 for bf16 mixed precision (one process; ZeRO-3 cannot shard 4-bit weights):
 #   xtuner train configs/v3_5/internvl_v3_5_qwen3_32b_qlora_finetune.py --deepspeed deepspeed_zero2
 # Will the default batch fit on 80 GB (tools/estimate_memory.py, worst case)?
-#   No: about 80.4 GiB; batch_size = 1 with
-#   accumulative_counts = 16 (the same global batch) fits.
+#   Yes: about 74.9 GiB of 80; batch_size = 1 with
+#   accumulative_counts = 16 (the same global batch) leaves more room.
 from mmengine.config import read_base
 from mmengine.optim import OptimWrapper
 from xtuner.dataset.samplers import LengthGroupedSampler

@@ -6,8 +6,7 @@
 # mixed precision (one process; ZeRO-3 cannot shard 4-bit weights):
 #   xtuner train configs/v3_5/internvl_v3_5_qwen3_32b_qlora_mpo.py --deepspeed deepspeed_zero2
 # Will the default batch fit on 80 GB (tools/estimate_memory.py, worst case)?
-#   No: about 81.2 GiB (activations of 2 x 16384 tokens take 50.8); it fits a 141 GB GPU.
-#   On 80 GB set max_length = 15360 (pairs of 2 x 15360 tokens fit), or train the LoRA config.
+#   Yes: about 75.8 GiB of 80 (activations of 2 x 16384 tokens take 45.4).
 # With fewer GPUs raise accumulative_counts, so that the global batch (and so the lr) stays as it is.
 # Data: the official MMPR format, a meta JSON whose JSONL lines hold question / chosen / rejected
 # (README, "Preference training (MPO / DPO)").

@@ -24,8 +24,8 @@ PROJECTIONS = ('gate_proj', 'up_proj', 'down_proj')
 # per-expert loop's are one expert's. Each group takes half the experts left, down to two last groups of an eighth:
 # the peak is reached at the last group in forward (every other group's saved tensors held) and at it again first
 # in backward, where an eighth's transients count as eight equal groups' did, while a large group runs when little
-# is saved yet. InternVL3.5-30B-A3B QLoRA: 64, 32, 16 and 16 experts, 56.09 GiB as with eight groups of 16 in half the
-# operations; one group of 96 before two of 16: 56.90; one of 112 before one of 16: 59.28.
+# is saved yet. InternVL3.5-30B-A3B QLoRA: 64, 32, 16 and 16 experts, 51.59 GiB as with eight groups of 16 in half the
+# operations (the per-expert loop: 50.84); one group of 96 before two of 16: 53.29; one of 112 before one of 16: 55.23.
 SMALLEST_GROUP_SHARE = 8
 
 
