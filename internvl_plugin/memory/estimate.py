@@ -252,9 +252,9 @@ def per_gpu_memory(step: StepMemory, gpus: int, zero: Optional[ZeroSettings]) ->
 def largest_fitting(model: ConfigModel, first: Estimate, budget: int, tries: int = 3) -> Optional[Workload]:
     """The largest batch (or, when one row does not fit, the longest max_length) that fits `budget`, found by
     measuring: the growth per row (per token) of the nearest measurement predicts a candidate, which is measured,
-    at most `tries` times for batches and twice as often for lengths. A predicted length outside the lengths already ruled out
-    (too long to fit, too short for the tiles: eager attention grows faster than the tokens) is halved between
-    them instead. None when no measured candidate fits."""
+    at most `tries` times for batches and twice as often for lengths. A predicted length outside the lengths
+    already ruled out (too long to fit, too short for the tiles: eager attention grows faster than the tokens) is
+    halved between them instead. None when no measured candidate fits."""
     def measure(workload: Workload) -> int:
         return sum(per_gpu_memory(model.measure(workload, first.zero), first.gpus, first.zero).values())
 

@@ -51,8 +51,9 @@ class FakeFloatMode(TorchDispatchMode):
 
     Entering it enters its fake mode too, beneath it: operations it passes on reach the fake mode, and those it
     computes run with no mode (`no_dispatch`). Entering the fake mode for each operation instead took a fifth of
-    the step's time. Operations on fake tensors are answered from an OutputMemo (fake_outputs.py) where it can. Under `reporting_to` it tells a StorageTracker what each operation returns, one Python mode
-    for each operation where a tracker of its own would be a second."""
+    the step's time. Operations on fake tensors are answered from an OutputMemo (fake_outputs.py) where it can.
+    Under `reporting_to` it tells a StorageTracker what each operation returns, one Python mode for each operation
+    where a tracker of its own would be a second."""
 
     def __init__(self):
         super().__init__()
