@@ -2,7 +2,7 @@
 by file:line, packed rows equal to unpacked ones, the reference model in both forms, metrics and state."""
 import pytest
 import torch
-from conftest import needs_cpu_4bit
+from conftest import needs_cpu_4bit, needs_qwen3
 from helpers import qa, save_image, write_jsonl
 
 from internvl_plugin import (InternVL_V1_5, InternVL_V1_5_Dataset, InternVLPreference, PreferenceDataset,
@@ -211,3 +211,23 @@ def test_qlora_trains_against_its_own_network_with_adapters_off(tiny_checkpoint,
     grads = [p.grad for n, p in model.named_parameters() if 'lora_' in n and p.requires_grad]
     assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
     assert float(out['term_sigmoid']) == pytest.approx(0.6931, abs=2e-2)
+
+
+@needs_cpu_4bit
+@pytest.mark.parametrize('family', ['qwen2', pytest.param('qwen3_moe', marks=needs_qwen3)])
+def test_qlora_gradients_are_the_same_on_a_cpu_with_avx512_bf16(tiny_checkpoint, tmp_path, monkeypatch, family):
+    """There bitsandbytes repacks a 4-bit layer for inference on its first eval pass without gradients (the
+    reference pass), which would leave the policy pass outside autograd, and fails on a 4-expert router."""
+    import bitsandbytes.nn.modules
+    data = _batch(tiny_checkpoint, tmp_path, True, family)
+    grads = []
+    for avx512_bf16 in (False, True):
+        monkeypatch.setattr(bitsandbytes.nn.modules, 'has_avx512bf16', lambda: avx512_bf16)
+        torch.manual_seed(0)
+        model = InternVLPreference(model_path=tiny_checkpoint(family), torch_dtype='bfloat16', quantization_llm=True,
+                                   llm_lora=LORA, freeze_visual_encoder=True, freeze_mlp=True)
+        model(data)['loss'].backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
+    for name, grad in grads[0].items():
+        assert torch.equal(grad, grads[1][name]), name

@@ -16,7 +16,7 @@ from .modeling.internvl_chat import InternVLChatModel
 from .modeling.llm import llm_family
 from .modeling.segments import LOSS_REDUCTIONS
 from .optim import mark_parts
-from .quantization import bnb_4bit_config, quantize_linears_4bit
+from .quantization import bnb_4bit_config, keep_training_layout, quantize_linears_4bit
 
 LoraSpec = Optional[Union[LoraConfig, Dict[str, Any]]]
 _DTYPES = {'bfloat16': torch.bfloat16, 'float16': torch.float16, 'float32': torch.float32}
@@ -99,6 +99,7 @@ class InternVL_V1_5(BaseModel):
         self._grow_vocabulary()
         if quantization_vit:
             quantize_linears_4bit(self.model.vision_model)
+        keep_training_layout(self.model)
 
         if freeze_llm or quantization_llm or llm_lora:
             _freeze(self.model.language_model)

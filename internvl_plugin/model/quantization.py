@@ -39,3 +39,14 @@ def quantize_linears_4bit(module: nn.Module, keep: Collection[nn.Module] = ()) -
         else:
             quantize_linears_4bit(child, keep)
     return module
+
+
+def keep_training_layout(module: nn.Module) -> nn.Module:
+    """Turns off bitsandbytes' CPU inference layout in every 4-bit layer of `module`. On CPUs with AVX512-BF16,
+    Linear4bit repacks its weight in place on its first eval-mode forward without gradients (a preference step's
+    reference pass), and from then on computes outside autograd, so the layers before it lose their gradients;
+    a layer of fewer than 32 outputs (a small MoE router) fails to repack at all."""
+    for child in module.modules():
+        if hasattr(child, 'support_avx512bf16_for_cpu'):
+            child.support_avx512bf16_for_cpu = False
+    return module
